@@ -1,0 +1,138 @@
+//! `rexec`: run a command on a remote rexecd and get its output and exit code,
+//! as `ssh host command` does.
+
+mod connect;
+mod exec;
+mod output;
+mod repl;
+
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use rexec::ExecRequest;
+
+use crate::exec::Failure;
+use crate::output::Output;
+
+/// Run a command on a remote host through rexecd.
+///
+/// WORDS are joined by spaces and run by the remote shell, as ssh does. With no
+/// WORDS, rexec reads commands line by line (a REPL). The exit code is the remote
+/// command's; 128+N when it died of signal N; 255 when rexec itself failed.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Server address: host:port or http://host:port.
+    #[arg(long, env = "REXEC_ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+
+    /// Run WORDS directly as argv, without the remote shell.
+    #[arg(long)]
+    no_shell: bool,
+
+    /// Set an environment variable for the remote command (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
+    /// Remote working directory.
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<String>,
+
+    /// Kill the remote command after this long (e.g. 500ms, 10s, 2m).
+    #[arg(long, value_name = "DURATION", value_parser = rexec::duration::parse)]
+    timeout: Option<Duration>,
+
+    /// Send no stdin, even when local stdin is a pipe or file (as ssh -n).
+    #[arg(short = 'n')]
+    no_stdin: bool,
+
+    /// Transcode remote output from this encoding to UTF-8 (e.g. gbk, shift_jis).
+    #[arg(long, value_name = "ENC")]
+    encoding: Option<String>,
+
+    /// Give up connecting after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::duration::parse)]
+    connect_timeout: Duration,
+
+    /// The remote command.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "WORDS"
+    )]
+    words: Vec<String>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got '{text}'")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(Failure::rexec(format!("cannot start runtime: {e}"))),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(failure) => fail(failure),
+    }
+}
+
+fn fail(failure: Failure) -> ExitCode {
+    if let Some(message) = failure.message {
+        eprintln!("rexec: {message}");
+    }
+    ExitCode::from(failure.code as u8)
+}
+
+async fn run(cli: Cli) -> Result<i32, Failure> {
+    let mut output = Output::new(cli.encoding.as_deref()).map_err(|m| Failure {
+        message: Some(m),
+        code: 2,
+    })?;
+    let template = ExecRequest {
+        env: cli.env.iter().cloned().collect(),
+        cwd: cli.cwd.clone().unwrap_or_default(),
+        timeout_ms: cli.timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
+        ..Default::default()
+    };
+    let mut client = connect::connect(&cli.addr, cli.connect_timeout)
+        .await
+        .map_err(Failure::rexec)?;
+    if cli.words.is_empty() {
+        return Ok(repl::run(&mut client, template, &mut output).await);
+    }
+    let mut request = template;
+    if cli.no_shell {
+        request.argv = cli.words;
+    } else {
+        request.command = cli.words.join(" ");
+    }
+    let stdin = std::io::stdin();
+    if !cli.no_stdin && !stdin.is_terminal() {
+        let mut bytes = Vec::new();
+        stdin
+            .lock()
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure::rexec(format!("cannot read stdin: {e}")))?;
+        request.stdin = bytes.into();
+    }
+    let exit = exec::run(&mut client, request, &mut output).await?;
+    if exit.timed_out {
+        let after = cli
+            .timeout
+            .map(|t| format!(" after {t:?}"))
+            .unwrap_or_default();
+        eprintln!("rexec: remote command timed out{after}");
+    }
+    Ok(rexec::local_exit_code(exit.status.as_ref()))
+}

@@ -1,0 +1,96 @@
+//! Where remote output goes: local stdout/stderr, raw bytes, or transcoded to
+//! UTF-8 from a legacy code page (`--encoding`).
+
+use std::io::Write;
+
+use encoding_rs::{Decoder, Encoding};
+
+pub struct Output {
+    /// One decoder per stream: a multi-byte character may span two chunks.
+    decoders: Option<(Decoder, Decoder)>,
+    encoding: Option<&'static Encoding>,
+}
+
+impl Output {
+    /// `label` is an encoding name such as `gbk`, `shift_jis`, `latin1`.
+    pub fn new(label: Option<&str>) -> Result<Self, String> {
+        let encoding = match label {
+            None => None,
+            Some(label) => Some(Encoding::for_label(label.trim().as_bytes()).ok_or_else(|| {
+                format!("unknown encoding '{label}' (try gbk, shift_jis, latin1, utf-16le)")
+            })?),
+        };
+        let mut output = Output {
+            decoders: None,
+            encoding,
+        };
+        output.reset();
+        Ok(output)
+    }
+
+    /// Fresh decoder state for the next command.
+    pub fn reset(&mut self) {
+        self.decoders = self.encoding.map(|e| (e.new_decoder(), e.new_decoder()));
+    }
+
+    pub fn stdout(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let decoder = self.decoders.as_mut().map(|(out, _)| out);
+        write_chunk(&mut std::io::stdout().lock(), decoder, bytes, false)
+    }
+
+    pub fn stderr(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let decoder = self.decoders.as_mut().map(|(_, err)| err);
+        write_chunk(&mut std::io::stderr().lock(), decoder, bytes, false)
+    }
+
+    /// Flushes characters a decoder still holds (a truncated sequence becomes U+FFFD).
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        if let Some((out, err)) = self.decoders.as_mut() {
+            write_chunk(&mut std::io::stdout().lock(), Some(out), &[], true)?;
+            write_chunk(&mut std::io::stderr().lock(), Some(err), &[], true)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_chunk(
+    sink: &mut impl Write,
+    decoder: Option<&mut Decoder>,
+    bytes: &[u8],
+    last: bool,
+) -> std::io::Result<()> {
+    match decoder {
+        None => sink.write_all(bytes)?,
+        Some(decoder) => {
+            let capacity = decoder
+                .max_utf8_buffer_length(bytes.len())
+                .unwrap_or(bytes.len() * 3 + 16);
+            let mut text = String::with_capacity(capacity);
+            let _ = decoder.decode_to_string(bytes, &mut text, last);
+            sink.write_all(text.as_bytes())?;
+        }
+    }
+    sink.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gbk_split_across_chunks_decodes_whole() {
+        // "你好" in GBK, split inside the first character.
+        let gbk = [0xc4u8, 0xe3, 0xba, 0xc3];
+        let mut decoder = Encoding::for_label(b"gbk").unwrap().new_decoder();
+        let mut sink = Vec::new();
+        write_chunk(&mut sink, Some(&mut decoder), &gbk[..1], false).unwrap();
+        write_chunk(&mut sink, Some(&mut decoder), &gbk[1..], false).unwrap();
+        write_chunk(&mut sink, Some(&mut decoder), &[], true).unwrap();
+        assert_eq!(String::from_utf8(sink).unwrap(), "你好");
+    }
+
+    #[test]
+    fn unknown_encoding_is_an_error() {
+        assert!(Output::new(Some("no-such-code-page")).is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! One JSON line per finished exec: who ran what, and how it ended. Never
+//! stdin, never credentials.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::runner::{Caller, ExecSpec, ExitReport, Program, Termination};
+
+/// Where audit lines go; cloned into every exec.
+#[derive(Clone)]
+pub struct Audit {
+    sink: Arc<Mutex<Box<dyn Write + Send>>>,
+}
+
+/// What is known about an exec when it starts.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    exec_id: String,
+    peer: String,
+    principal: String,
+    listener: &'static str,
+    program: Program,
+    cwd: Option<String>,
+    pid: u32,
+}
+
+impl AuditRecord {
+    pub fn new(exec_id: &str, caller: &Caller, spec: &ExecSpec, pid: u32) -> Self {
+        AuditRecord {
+            exec_id: exec_id.to_string(),
+            peer: caller.peer.clone(),
+            principal: caller.principal.clone(),
+            listener: caller.listener,
+            program: spec.program.clone(),
+            cwd: spec.cwd.as_ref().map(|p| p.display().to_string()),
+            pid,
+        }
+    }
+}
+
+impl Audit {
+    pub fn stderr() -> Self {
+        Audit {
+            sink: Arc::new(Mutex::new(Box::new(std::io::stderr()))),
+        }
+    }
+
+    pub fn exec_finished(&self, record: &AuditRecord, report: &ExitReport, client_gone: bool) {
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut line = json!({
+            "audit": "exec",
+            "time": time,
+            "exec_id": record.exec_id,
+            "peer": record.peer,
+            "principal": record.principal,
+            "listener": record.listener,
+            "cwd": record.cwd,
+            "pid": record.pid,
+            "timed_out": report.timed_out,
+            "client_gone": client_gone,
+            "stdout_bytes": report.stdout_bytes,
+            "stderr_bytes": report.stderr_bytes,
+            "truncated": report.truncated,
+            "duration_ms": report.duration.as_millis() as u64,
+        });
+        match &record.program {
+            Program::Shell(command) => line["command"] = json!(command),
+            Program::Argv(argv) => line["argv"] = json!(argv),
+        }
+        match report.termination {
+            Termination::Code(code) => line["exit_code"] = json!(code),
+            Termination::Signal(signal) => line["signal"] = json!(rexec::signals::name(signal)),
+        }
+        let mut text = line.to_string();
+        text.push('\n');
+        if let Ok(mut sink) = self.sink.lock() {
+            // One write per line so concurrent execs never interleave inside a line.
+            let _ = sink.write_all(text.as_bytes());
+            let _ = sink.flush();
+        }
+    }
+}

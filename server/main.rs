@@ -1,0 +1,163 @@
+//! `rexecd`: the rexec daemon. Serves `rexec.v1.RemoteExec` over gRPC, plus
+//! health and reflection. See DESIGN.md for the contract.
+
+mod audit;
+mod runner;
+mod service;
+mod shutdown;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use rexec::proto::remote_exec_server::RemoteExecServer;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::audit::Audit;
+use crate::runner::{Runner, RunnerConfig};
+use crate::service::ExecService;
+use crate::shutdown::Shutdown;
+
+/// Largest request message accepted (`ExecRequest.stdin` travels inside it).
+const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// rexecd: run commands for remote clients and stream their output back.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// gRPC listen address. Port 0 picks a free port; the readiness line on
+    /// stdout says which ("listening grpc=ADDR").
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+
+    /// Serve on a non-loopback address without authentication. Anyone who can
+    /// reach the port can run commands as this user.
+    #[arg(long)]
+    insecure_no_auth: bool,
+
+    /// Shell that runs `command` requests as `SHELL -c COMMAND`.
+    #[arg(long, default_value = "/bin/sh")]
+    shell: PathBuf,
+
+    /// Timeout for execs that set none (e.g. 30s, 5m); 0 means no timeout.
+    #[arg(long, default_value = "0", value_parser = rexec::duration::parse)]
+    default_timeout: Duration,
+
+    /// Time between SIGTERM and SIGKILL when an exec's process group is killed.
+    #[arg(long, default_value = "2s", value_parser = rexec::duration::parse)]
+    kill_grace: Duration,
+
+    /// After the main process exits, how long background processes may keep
+    /// its output pipes open before the rest of its group is killed.
+    #[arg(long, default_value = "1s", value_parser = rexec::duration::parse)]
+    linger: Duration,
+
+    /// On SIGTERM/SIGINT, how long running execs may continue before they are
+    /// killed. A second signal kills them at once.
+    #[arg(long, default_value = "10s", value_parser = rexec::duration::parse)]
+    shutdown_grace: Duration,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REXEC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if !args.listen.ip().is_loopback() && !args.insecure_no_auth {
+        eprintln!(
+            "rexecd: refusing to listen on non-loopback {} without authentication; \
+             listen on 127.0.0.1, or pass --insecure-no-auth",
+            args.listen
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("rexecd: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rexecd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    // Set on the incoming stream: Server::tcp_nodelay does not reach a listener we bound.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+    let shutdown = Shutdown::default();
+    let runner = Runner::new(
+        RunnerConfig {
+            shell: args.shell,
+            default_timeout: (!args.default_timeout.is_zero()).then_some(args.default_timeout),
+            kill_grace: args.kill_grace,
+            linger: args.linger,
+        },
+        Audit::stderr(),
+        shutdown.kill_all_token(),
+    );
+    let exec_service = RemoteExecServer::new(ExecService::new(runner, shutdown.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RemoteExecServer<ExecService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(rexec::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    // grpcurl 1.8 only speaks v1alpha.
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    tokio::spawn(shutdown.clone().watch_signals(args.shutdown_grace));
+    let stop_accepting = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        async move {
+            shutdown.draining().await;
+            health
+                .set_not_serving::<RemoteExecServer<ExecService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    };
+
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening grpc={grpc_addr}")?;
+    stdout.flush()?;
+    drop(stdout);
+    tracing::info!(%grpc_addr, "rexecd ready");
+
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(exec_service)
+        .serve_with_incoming_shutdown(incoming, stop_accepting)
+        .await?;
+    tracing::info!("rexecd stopped");
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Shutdown in two steps: `draining` (refuse new execs, health NOT_SERVING) at
+//! the first SIGINT/SIGTERM, then `kill_all` once the grace has passed or a
+//! second signal arrives.
+
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    draining: CancellationToken,
+    kill_all: CancellationToken,
+}
+
+impl Shutdown {
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Resolves at the first shutdown signal.
+    pub async fn draining(&self) {
+        self.draining.cancelled().await
+    }
+
+    /// Cancelled when running execs must be killed.
+    pub fn kill_all_token(&self) -> CancellationToken {
+        self.kill_all.clone()
+    }
+
+    /// Waits for SIGINT/SIGTERM, starts draining, then fires `kill_all` after
+    /// `grace` (or at once on a second signal).
+    pub async fn watch_signals(self, grace: Duration) -> std::io::Result<()> {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutdown signal: draining"
+        );
+        self.draining.cancel();
+        tokio::select! {
+            () = tokio::time::sleep(grace) => tracing::info!("shutdown grace over: killing running execs"),
+            _ = interrupt.recv() => tracing::info!("second signal: killing running execs"),
+            _ = terminate.recv() => tracing::info!("second signal: killing running execs"),
+        }
+        self.kill_all.cancel();
+        Ok(())
+    }
+}
