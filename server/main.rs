@@ -114,7 +114,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             linger: args.linger,
         },
         Audit::stderr(),
-        shutdown.kill_all_token(),
+        &shutdown,
     );
     let exec_service = RemoteExecServer::new(ExecService::new(runner, shutdown.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -151,13 +151,31 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     drop(stdout);
     tracing::info!(%grpc_addr, "rexecd ready");
 
-    Server::builder()
+    let server = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(exec_service)
-        .serve_with_incoming_shutdown(incoming, stop_accepting)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, stop_accepting);
+    // A client that never answers GOAWAY must not keep the daemon alive: once
+    // execs are being killed, connections get the kill grace and a second more.
+    let connections_deadline = async {
+        shutdown.killing().await;
+        tokio::time::sleep(args.kill_grace + Duration::from_secs(1)).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = connections_deadline => tracing::warn!("closing connections still open after shutdown"),
+    }
+    if tokio::time::timeout(
+        args.kill_grace + Duration::from_secs(2),
+        shutdown.execs_finished(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::error!("some execs did not finish after being killed");
+    }
     tracing::info!("rexecd stopped");
     Ok(())
 }

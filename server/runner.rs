@@ -14,8 +14,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::audit::{Audit, AuditRecord};
+use crate::shutdown::Shutdown;
 
 /// Bytes asked of a pipe per read; one chunk on the wire. 64 KiB is the default
 /// pipe capacity, so one read empties a full pipe (see BENCHMARKS.md).
@@ -121,19 +123,21 @@ pub struct Runner {
     audit: Audit,
     /// Cancelled when shutdown's grace has passed: every exec's group is killed.
     kill_all: CancellationToken,
+    supervisors: TaskTracker,
     next_exec: AtomicU64,
     id_prefix: String,
 }
 
 impl Runner {
-    pub fn new(config: RunnerConfig, audit: Audit, kill_all: CancellationToken) -> Arc<Self> {
+    pub fn new(config: RunnerConfig, audit: Audit, shutdown: &Shutdown) -> Arc<Self> {
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Arc::new(Runner {
             config,
             audit,
-            kill_all,
+            kill_all: shutdown.kill_all_token(),
+            supervisors: shutdown.exec_tracker(),
             next_exec: AtomicU64::new(1),
             id_prefix: format!("{epoch:x}-{:x}", std::process::id()),
         })
@@ -183,7 +187,8 @@ impl Runner {
             audit: self.audit.clone(),
             record: AuditRecord::new(&exec_id, &caller, &spec, pid),
         };
-        tokio::spawn(supervisor.run(stdout, stderr, stdin.zip(spec.stdin)));
+        self.supervisors
+            .spawn(supervisor.run(stdout, stderr, stdin.zip(spec.stdin)));
         Ok(Execution {
             pid,
             exec_id,

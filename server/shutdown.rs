@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 #[derive(Clone, Default)]
 pub struct Shutdown {
     draining: CancellationToken,
     kill_all: CancellationToken,
+    /// Every exec's supervisor; the daemon exits only once all have reaped.
+    execs: TaskTracker,
 }
 
 impl Shutdown {
@@ -26,6 +29,21 @@ impl Shutdown {
     /// Cancelled when running execs must be killed.
     pub fn kill_all_token(&self) -> CancellationToken {
         self.kill_all.clone()
+    }
+
+    pub async fn killing(&self) {
+        self.kill_all.cancelled().await
+    }
+
+    /// Tracks an exec's supervisor until it has reaped its process.
+    pub fn exec_tracker(&self) -> TaskTracker {
+        self.execs.clone()
+    }
+
+    /// Waits until every tracked exec has finished; no new ones start after this.
+    pub async fn execs_finished(&self) {
+        self.execs.close();
+        self.execs.wait().await
     }
 
     /// Waits for SIGINT/SIGTERM, starts draining, then fires `kill_all` after

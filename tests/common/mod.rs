@@ -1,0 +1,224 @@
+//! Shared test harness: starts the real `rexecd` on 127.0.0.1:0, reads its
+//! readiness line, runs the real `rexec`, and cleans up every process.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const REXECD: &str = env!("CARGO_BIN_EXE_rexecd");
+pub const REXEC: &str = env!("CARGO_BIN_EXE_rexec");
+
+/// A running rexecd; dropping it stops it (SIGTERM, then SIGKILL) and reaps it.
+pub struct Daemon {
+    child: Child,
+    /// gRPC address, e.g. `127.0.0.1:41234`.
+    pub addr: String,
+    /// Legacy listener address when started with `--legacy-listen`.
+    pub legacy_addr: Option<String>,
+    /// rexecd's stderr (logs and audit lines).
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Starts rexecd with extra flags; `--listen 127.0.0.1:0` unless given.
+    pub fn start_with(args: &[&str]) -> Daemon {
+        let dir = scratch_dir("daemon");
+        let log = dir.join("rexecd.log");
+        let mut command = Command::new(REXECD);
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .args(args)
+            .env("REXEC_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("create log"))
+            .spawn()
+            .expect("spawn rexecd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read readiness line");
+        let Some(rest) = line.trim_end().strip_prefix("listening ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no readiness line (got {line:?}); log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let mut addr = None;
+        let mut legacy_addr = None;
+        for part in rest.split(' ') {
+            match part.split_once('=') {
+                Some(("grpc", a)) => addr = Some(a.to_string()),
+                Some(("legacy", a)) => legacy_addr = Some(a.to_string()),
+                _ => panic!("unexpected readiness line {line:?}"),
+            }
+        }
+        Daemon {
+            child,
+            addr: addr.expect("grpc address in readiness line"),
+            legacy_addr,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The CLI pointed at this daemon, with stdin closed unless the test sets it.
+    pub fn rexec(&self) -> Command {
+        let mut command = Command::new(REXEC);
+        command.args(["--addr", &self.addr]).stdin(Stdio::null());
+        command
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits for rexecd to exit on its own; `None` if it did not within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // Two signals: stop draining at once, so running execs are killed too.
+        self.signal(libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(20));
+        self.signal(libc::SIGTERM);
+        if self.wait_exit(Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A fresh empty directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "rexec-test-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A marker unique to this test run, to find the processes a test started.
+pub fn unique_marker(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Pids whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) && !is_zombie(&entry.path()) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn is_zombie(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `check` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// sha256 of a file, by the system's sha256sum.
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A `sleep` whose remote command line is unique to this test; returns the
+/// shell text to send and the needle that finds only the remote process (the
+/// shell arithmetic keeps the CLI's own command line from matching).
+pub fn unique_sleep(seconds: u32) -> (String, String) {
+    let marker = unique_marker("").replace('x', "");
+    (
+        format!("sleep $(({seconds}+0)).{marker}"),
+        format!("sleep {seconds}.{marker}"),
+    )
+}
