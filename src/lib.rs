@@ -2,6 +2,7 @@
 //! code rules and duration parsing. Nobody else names generated paths.
 
 pub mod duration;
+pub mod legacy;
 pub mod signals;
 
 /// Generated gRPC types and stubs for `rexec.v1`.
