@@ -2,6 +2,7 @@
 //! health and reflection. See DESIGN.md for the contract.
 
 mod audit;
+mod legacy;
 mod runner;
 mod service;
 mod shutdown;
@@ -59,6 +60,31 @@ struct Args {
     /// killed. A second signal kills them at once.
     #[arg(long, default_value = "10s", value_parser = rexec::duration::parse)]
     shutdown_grace: Duration,
+
+    /// Also serve the classic raw-TCP protocol (4-byte length prefix, JSON
+    /// header, body) on this address, for old socket clients. Off by default;
+    /// the readiness line then adds "legacy=ADDR".
+    #[arg(long, value_name = "ADDR")]
+    legacy_listen: Option<SocketAddr>,
+
+    /// Serve the legacy protocol on a non-loopback address. It has no
+    /// authentication: anyone who can reach the port can run commands.
+    #[arg(long)]
+    legacy_allow_remote: bool,
+
+    /// Output held for one legacy answer (its length goes before the body);
+    /// past it the output is cut and the header says "truncated": true.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = legacy::parse_size)]
+    legacy_max_output: usize,
+
+    /// Close a legacy connection that sends no request, or does not read its
+    /// answer, for this long; 0 means never.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = rexec::duration::parse)]
+    legacy_idle_timeout: Duration,
+
+    /// Legacy connections served at once; more get an error answer and are closed.
+    #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u32).range(1..))]
+    legacy_max_connections: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,6 +101,16 @@ fn main() -> std::process::ExitCode {
             "rexecd: refusing to listen on non-loopback {} without authentication; \
              listen on 127.0.0.1, or pass --insecure-no-auth",
             args.listen
+        );
+        return std::process::ExitCode::from(2);
+    }
+    if let Some(addr) = args.legacy_listen
+        && !addr.ip().is_loopback()
+        && !args.legacy_allow_remote
+    {
+        eprintln!(
+            "rexecd: refusing the legacy listener on non-loopback {addr}: the legacy protocol \
+             has no authentication; listen on 127.0.0.1, or pass --legacy-allow-remote"
         );
         return std::process::ExitCode::from(2);
     }
@@ -116,6 +152,21 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Audit::stderr(),
         &shutdown,
     );
+    let legacy = match args.legacy_listen {
+        Some(addr) => {
+            let config = legacy::LegacyConfig {
+                max_output_bytes: args.legacy_max_output,
+                idle_timeout: (!args.legacy_idle_timeout.is_zero())
+                    .then_some(args.legacy_idle_timeout),
+                max_connections: args.legacy_max_connections as usize,
+            };
+            let listener = legacy::Listener::bind(addr, runner.clone(), shutdown.clone(), config)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (legacy): {e}"))?;
+            Some(listener)
+        }
+        None => None,
+    };
     let exec_service = RemoteExecServer::new(ExecService::new(runner, shutdown.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
 
@@ -146,10 +197,18 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening grpc={grpc_addr}")?;
+    match &legacy {
+        Some(listener) => writeln!(
+            stdout,
+            "listening grpc={grpc_addr} legacy={}",
+            listener.local_addr()?
+        )?,
+        None => writeln!(stdout, "listening grpc={grpc_addr}")?,
+    }
     stdout.flush()?;
     drop(stdout);
     tracing::info!(%grpc_addr, "rexecd ready");
+    let legacy = legacy.map(|listener| tokio::spawn(listener.run()));
 
     let server = Server::builder()
         .add_service(health_service)
@@ -166,6 +225,18 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tokio::select! {
         served = server => served?,
         () = connections_deadline => tracing::warn!("closing connections still open after shutdown"),
+    }
+    if let Some(legacy) = legacy {
+        // Legacy connections end once their current exec has answered; one whose
+        // client does not read the answer gets the same deadline as gRPC's.
+        let deadline = async {
+            shutdown.killing().await;
+            tokio::time::sleep(args.kill_grace + Duration::from_secs(1)).await;
+        };
+        tokio::select! {
+            _ = legacy => {}
+            () = deadline => tracing::warn!("closing legacy connections still open after shutdown"),
+        }
     }
     if tokio::time::timeout(
         args.kill_grace + Duration::from_secs(2),
