@@ -1,7 +1,6 @@
-//! Runs one `Exec` call and writes its output as it arrives.
+//! Runs one exec and writes its output as it arrives.
 
-use rexec::{ExecRequest, Exit, RemoteExecClient, exec_response};
-use tonic::transport::Channel;
+use rexec::client::{Client, Command, Event, ExitStatus};
 
 use crate::output::Output;
 
@@ -22,33 +21,31 @@ impl Failure {
     }
 }
 
-/// Streams one exec to `output` and returns its exit report.
+impl From<rexec::client::Error> for Failure {
+    fn from(error: rexec::client::Error) -> Self {
+        Failure::rexec(error.to_string())
+    }
+}
+
+/// Streams one exec to `output` and returns how it ended.
 pub async fn run(
-    client: &mut RemoteExecClient<Channel>,
-    request: ExecRequest,
+    client: &mut Client,
+    command: Command,
     output: &mut Output,
-) -> Result<Exit, Failure> {
+) -> Result<ExitStatus, Failure> {
     output.reset();
-    let mut stream = client
-        .exec(request)
-        .await
-        .map_err(|s| Failure::rexec(describe_status(&s)))?
-        .into_inner();
-    let mut exit = None;
-    loop {
-        let message = stream
-            .message()
-            .await
-            .map_err(|s| Failure::rexec(describe_status(&s)))?;
-        let Some(message) = message else { break };
-        let written = match message.event {
-            Some(exec_response::Event::Stdout(bytes)) => output.stdout(&bytes),
-            Some(exec_response::Event::Stderr(bytes)) => output.stderr(&bytes),
-            Some(exec_response::Event::Exit(report)) => {
-                exit = Some(report);
-                Ok(())
+    let mut events = client.exec(command).await?;
+    while let Some(event) = events.next().await? {
+        let written = match event {
+            Event::Stdout(bytes) => output.stdout(&bytes),
+            Event::Stderr(bytes) => output.stderr(&bytes),
+            Event::Exit(status) => {
+                output
+                    .finish()
+                    .map_err(|e| Failure::rexec(format!("cannot write output: {e}")))?;
+                return Ok(status);
             }
-            Some(exec_response::Event::Started(_)) | None => Ok(()),
+            Event::Started { .. } => Ok(()),
         };
         if let Err(e) = written {
             // Our reader went away (`rexec -- yes | head`): die like a process
@@ -62,44 +59,5 @@ pub async fn run(
             return Err(Failure::rexec(format!("cannot write output: {e}")));
         }
     }
-    output
-        .finish()
-        .map_err(|e| Failure::rexec(format!("cannot write output: {e}")))?;
-    exit.ok_or_else(|| Failure::rexec("connection closed before the command's exit status arrived"))
-}
-
-/// A status as one line: "not found: program not found: foo".
-pub fn describe_status(status: &tonic::Status) -> String {
-    let code = format!("{:?}", status.code());
-    let mut words = String::new();
-    for (i, c) in code.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            words.push(' ');
-        }
-        words.push(c.to_ascii_lowercase());
-    }
-    let message = status.message().trim();
-    if message.is_empty() {
-        words
-    } else {
-        format!("{words}: {message}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_read_as_one_line() {
-        let status = tonic::Status::not_found("program not found: foo");
-        assert_eq!(
-            describe_status(&status),
-            "not found: program not found: foo"
-        );
-        assert_eq!(
-            describe_status(&tonic::Status::invalid_argument("")),
-            "invalid argument"
-        );
-    }
+    Err(Failure::rexec("no exit status"))
 }

@@ -1,7 +1,6 @@
 //! `rexec`: run a command on a remote rexecd and get its output and exit code,
 //! as `ssh host command` does.
 
-mod connect;
 mod exec;
 mod output;
 mod repl;
@@ -11,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rexec::ExecRequest;
+use rexec::client::{Client, ClientOptions, Command};
 
 use crate::exec::Failure;
 use crate::output::Output;
@@ -99,23 +98,26 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         message: Some(m),
         code: 2,
     })?;
-    let template = ExecRequest {
-        env: cli.env.iter().cloned().collect(),
-        cwd: cli.cwd.clone().unwrap_or_default(),
-        timeout_ms: cli.timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
-        ..Default::default()
+    let options = ClientOptions {
+        connect_timeout: cli.connect_timeout,
     };
-    let mut client = connect::connect(&cli.addr, cli.connect_timeout)
-        .await
-        .map_err(Failure::rexec)?;
-    if cli.words.is_empty() {
-        return Ok(repl::run(&mut client, template, &mut output).await);
-    }
-    let mut request = template;
-    if cli.no_shell {
-        request.argv = cli.words;
+    let mut client = Client::connect(&cli.addr, &options).await?;
+    let mut command = if cli.no_shell {
+        Command::argv(cli.words.iter().cloned())
     } else {
-        request.command = cli.words.join(" ");
+        Command::shell(cli.words.join(" "))
+    };
+    for (name, value) in &cli.env {
+        command = command.env(name, value);
+    }
+    if let Some(cwd) = &cli.cwd {
+        command = command.cwd(cwd);
+    }
+    if let Some(timeout) = cli.timeout {
+        command = command.timeout(timeout);
+    }
+    if cli.words.is_empty() {
+        return Ok(repl::run(&mut client, command, &mut output).await);
     }
     let stdin = std::io::stdin();
     if !cli.no_stdin && !stdin.is_terminal() {
@@ -124,9 +126,9 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             .lock()
             .read_to_end(&mut bytes)
             .map_err(|e| Failure::rexec(format!("cannot read stdin: {e}")))?;
-        request.stdin = bytes.into();
+        command = command.stdin(bytes);
     }
-    let exit = exec::run(&mut client, request, &mut output).await?;
+    let exit = exec::run(&mut client, command, &mut output).await?;
     if exit.timed_out {
         let after = cli
             .timeout
@@ -134,5 +136,5 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             .unwrap_or_default();
         eprintln!("rexec: remote command timed out{after}");
     }
-    Ok(rexec::local_exit_code(exit.status.as_ref()))
+    Ok(exit.local_exit_code())
 }

@@ -1,19 +1,14 @@
 //! `rexec` with no words: one command a line, like the classic socket client,
 //! with line editing, history, and a `cd` that sticks.
 
-use rexec::{ExecRequest, RemoteExecClient};
+use rexec::client::{Client, Command};
 use rustyline::error::ReadlineError;
-use tonic::transport::Channel;
 
 use crate::exec;
 use crate::output::Output;
 
 /// Reads lines until `quit`, `exit` or end of input; returns the CLI exit code.
-pub async fn run(
-    client: &mut RemoteExecClient<Channel>,
-    template: ExecRequest,
-    output: &mut Output,
-) -> i32 {
+pub async fn run(client: &mut Client, template: Command, output: &mut Output) -> i32 {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(editor) => editor,
         Err(e) => {
@@ -26,7 +21,7 @@ pub async fn run(
     if let Some(path) = &history {
         let _ = editor.load_history(path);
     }
-    let mut cwd = template.cwd.clone();
+    let mut cwd = template.current_cwd().to_string();
     let mut code = 0;
     loop {
         let prompt = if cwd.is_empty() {
@@ -52,29 +47,18 @@ pub async fn run(
         if line == "quit" || line == "exit" {
             break;
         }
-        let request = ExecRequest {
-            cwd: cwd.clone(),
-            ..template.clone()
-        };
+        let request = template.clone().cwd(cwd.clone());
         if line == "cd" || line.starts_with("cd ") {
             // Resolved remotely (so `~` and relative paths mean the server's), then sent as cwd.
-            let request = ExecRequest {
-                command: format!("{line} && pwd"),
-                ..request
-            };
-            match resolve_cd(client, request).await {
+            match resolve_cd(client, request.with_shell(format!("{line} && pwd"))).await {
                 Ok(dir) => cwd = dir,
                 Err(message) => eprintln!("{message}"),
             }
             continue;
         }
-        let request = ExecRequest {
-            command: line.to_string(),
-            ..request
-        };
-        match exec::run(client, request, output).await {
+        match exec::run(client, request.with_shell(line), output).await {
             Ok(exit) => {
-                let status = rexec::local_exit_code(exit.status.as_ref());
+                let status = exit.local_exit_code();
                 if exit.timed_out {
                     eprintln!("[timed out]");
                 } else if status != 0 {
@@ -98,35 +82,19 @@ pub async fn run(
     code
 }
 
-async fn resolve_cd(
-    client: &mut RemoteExecClient<Channel>,
-    request: ExecRequest,
-) -> Result<String, String> {
-    let response = client
-        .exec(request)
+async fn resolve_cd(client: &mut Client, command: Command) -> Result<String, String> {
+    let output = client
+        .output(command)
         .await
-        .map_err(|s| format!("rexec: {}", exec::describe_status(&s)))?;
-    let mut stream = response.into_inner();
-    let (mut stdout, mut stderr, mut code) = (Vec::new(), Vec::new(), None);
-    while let Some(message) = stream
-        .message()
-        .await
-        .map_err(|s| format!("rexec: {}", exec::describe_status(&s)))?
-    {
-        match message.event {
-            Some(rexec::exec_response::Event::Stdout(b)) => stdout.extend_from_slice(&b),
-            Some(rexec::exec_response::Event::Stderr(b)) => stderr.extend_from_slice(&b),
-            Some(rexec::exec_response::Event::Exit(exit)) => {
-                code = Some(rexec::local_exit_code(exit.status.as_ref()))
-            }
-            _ => {}
-        }
-    }
-    let dir = String::from_utf8_lossy(&stdout)
+        .map_err(|e| format!("rexec: {e}"))?;
+    let dir = String::from_utf8_lossy(&output.stdout)
         .trim_end_matches('\n')
         .to_string();
-    match code {
-        Some(0) if !dir.is_empty() => Ok(dir),
-        _ => Err(String::from_utf8_lossy(&stderr).trim_end().to_string()),
+    if output.status.success() && !dir.is_empty() {
+        Ok(dir)
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr)
+            .trim_end()
+            .to_string())
     }
 }

@@ -1,8 +1,9 @@
-//! Shared by `rexecd` and `rexec`: the generated API types, signal names, exit
-//! code rules and duration parsing. Nobody else names generated paths.
+//! Shared by `rexecd` and `rexec`: the generated API types, the client API
+//! (`client`), signal names and duration parsing. Outside this crate nobody
+//! names generated paths.
 
+pub mod client;
 pub mod duration;
-pub mod legacy;
 pub mod signals;
 
 /// Generated gRPC types and stubs for `rexec.v1`.
@@ -22,15 +23,3 @@ pub use proto::{
 /// Exit code of the `rexec` CLI when rexec itself failed (connect, auth,
 /// protocol), as ssh does.
 pub const EXIT_REXEC_FAILURE: i32 = 255;
-
-/// The local exit code that stands for a remote exit status, as ssh reports it:
-/// the remote code, or 128 + the signal number when the process died of a signal.
-pub fn local_exit_code(status: Option<&exit::Status>) -> i32 {
-    match status {
-        Some(exit::Status::Code(code)) => code & 0xff,
-        Some(exit::Status::Signal(name)) => {
-            signals::number(name).map_or(EXIT_REXEC_FAILURE, |n| 128 + n)
-        }
-        None => EXIT_REXEC_FAILURE,
-    }
-}

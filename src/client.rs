@@ -1,0 +1,498 @@
+//! The Rust client API: connect to rexecd, run a command, read its events.
+//! Callers never name generated types; the `rexec` CLI is built on this.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rexec::client::Error> {
+//! use rexec::client::{Client, ClientOptions, Command, Event};
+//! let mut client = Client::connect("127.0.0.1:50051", &ClientOptions::default()).await?;
+//! let mut events = client.exec(Command::shell("echo hi; exit 3")).await?;
+//! while let Some(event) = events.next().await? {
+//!     match event {
+//!         Event::Stdout(bytes) => print!("{}", String::from_utf8_lossy(&bytes)),
+//!         Event::Exit(status) => println!("exit code {:?}", status.code),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::{self, exec_response, remote_exec_client::RemoteExecClient, session_request};
+
+/// HTTP/2 frame size the client advertises. The receiver's setting governs a
+/// download, and 1 MiB frames cut per-frame work on big outputs.
+const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+/// Session messages queued before `SessionInput` calls wait (backpressure).
+const SESSION_QUEUE: usize = 16;
+
+/// How to reach a server.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What went wrong, as one line (`Display`).
+#[derive(Debug)]
+pub enum Error {
+    /// The connection could not be made.
+    Connect { addr: String, reason: String },
+    /// The server answered with a gRPC status.
+    Status(tonic::Status),
+    /// The server broke the protocol (e.g. no exit event).
+    Protocol(String),
+}
+
+impl Error {
+    /// The gRPC status code, when the server sent one.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status(status) => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Connect { addr, reason } => write!(f, "cannot connect to {addr}: {reason}"),
+            Error::Status(status) => f.write_str(&describe_status(status)),
+            Error::Protocol(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Error::Status(status)
+    }
+}
+
+/// A command to run: a shell command line or an argv, and how to run it.
+#[derive(Debug, Clone, Default)]
+pub struct Command {
+    request: proto::ExecRequest,
+}
+
+impl Command {
+    /// Run by the server's shell (`/bin/sh -c TEXT`).
+    pub fn shell(text: impl Into<String>) -> Self {
+        Command {
+            request: proto::ExecRequest {
+                command: text.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Run directly, without a shell; `argv[0]` is looked up in PATH.
+    pub fn argv<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Command {
+            request: proto::ExecRequest {
+                argv: argv.into_iter().map(Into::into).collect(),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.request.env.insert(name.into(), value.into());
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.request.cwd = dir.into();
+        self
+    }
+
+    /// Bytes fed to stdin, which is then closed (for `exec`; a session streams instead).
+    pub fn stdin(mut self, bytes: impl Into<Bytes>) -> Self {
+        self.request.stdin = bytes.into();
+        self
+    }
+
+    /// Kill the command after this long; `exit.timed_out` then says so.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.request.timeout_ms = (timeout.as_millis() as u64).max(1);
+        self
+    }
+
+    /// Run on a remote pseudo-terminal of this size (sessions only).
+    pub fn tty(mut self, rows: u16, cols: u16) -> Self {
+        self.request.tty = true;
+        self.request.tty_size = Some(proto::TtySize {
+            rows: rows.into(),
+            cols: cols.into(),
+        });
+        self
+    }
+
+    /// The working directory set so far (empty: the server's).
+    pub fn current_cwd(&self) -> &str {
+        &self.request.cwd
+    }
+
+    /// The shell command line, or `None` for an argv command.
+    pub fn shell_text(&self) -> Option<&str> {
+        (!self.request.command.is_empty()).then_some(self.request.command.as_str())
+    }
+
+    /// Same options, another shell command line.
+    pub fn with_shell(&self, text: impl Into<String>) -> Self {
+        let mut request = self.request.clone();
+        request.command = text.into();
+        request.argv.clear();
+        Command { request }
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code, when it exited normally.
+    pub code: Option<i32>,
+    /// Signal name ("KILL", "TERM"), when a signal killed it.
+    pub signal: Option<String>,
+    pub timed_out: bool,
+    pub duration: Duration,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub truncated: bool,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The exit code a local program should report, as ssh does: the remote
+    /// code, or 128 + the signal number.
+    pub fn local_exit_code(&self) -> i32 {
+        match (&self.code, &self.signal) {
+            (Some(code), _) => code & 0xff,
+            (None, Some(signal)) => {
+                crate::signals::number(signal).map_or(crate::EXIT_REXEC_FAILURE, |n| 128 + n)
+            }
+            (None, None) => crate::EXIT_REXEC_FAILURE,
+        }
+    }
+}
+
+impl From<proto::Exit> for ExitStatus {
+    fn from(exit: proto::Exit) -> Self {
+        let (code, signal) = match exit.status {
+            Some(proto::exit::Status::Code(code)) => (Some(code), None),
+            Some(proto::exit::Status::Signal(signal)) => (None, Some(signal)),
+            None => (None, None),
+        };
+        ExitStatus {
+            code,
+            signal,
+            timed_out: exit.timed_out,
+            duration: Duration::from_millis(exit.duration_ms),
+            stdout_bytes: exit.stdout_bytes,
+            stderr_bytes: exit.stderr_bytes,
+            truncated: exit.truncated,
+        }
+    }
+}
+
+/// One event of a running command: `Started`, chunks, then exactly one `Exit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started { pid: u32, exec_id: String },
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Exit(ExitStatus),
+}
+
+/// The events of one exec or session. Dropping it cancels the command.
+pub struct Events {
+    stream: tonic::Streaming<proto::ExecResponse>,
+    exited: bool,
+}
+
+impl Events {
+    /// The next event; `None` after `Exit`. A stream that ends without an
+    /// exit is an error, so a caller never mistakes a lost connection for success.
+    pub async fn next(&mut self) -> Result<Option<Event>, Error> {
+        loop {
+            let Some(message) = self.stream.message().await? else {
+                return if self.exited {
+                    Ok(None)
+                } else {
+                    Err(Error::Protocol(
+                        "connection closed before the command's exit status arrived".into(),
+                    ))
+                };
+            };
+            let event = match message.event {
+                Some(exec_response::Event::Started(s)) => Event::Started {
+                    pid: s.pid,
+                    exec_id: s.exec_id,
+                },
+                Some(exec_response::Event::Stdout(bytes)) => Event::Stdout(bytes),
+                Some(exec_response::Event::Stderr(bytes)) => Event::Stderr(bytes),
+                Some(exec_response::Event::Exit(exit)) => {
+                    self.exited = true;
+                    Event::Exit(exit.into())
+                }
+                None => continue,
+            };
+            return Ok(Some(event));
+        }
+    }
+}
+
+/// Everything a command printed, and how it ended (see [`Client::output`]).
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: ExitStatus,
+}
+
+/// The writing half of a session: stdin, EOF, signals, window size.
+#[derive(Clone)]
+pub struct SessionInput {
+    sender: mpsc::Sender<proto::SessionRequest>,
+}
+
+impl SessionInput {
+    async fn send(&self, event: session_request::Event) -> Result<(), Error> {
+        self.sender
+            .send(proto::SessionRequest { event: Some(event) })
+            .await
+            .map_err(|_| Error::Protocol("session closed".into()))
+    }
+
+    /// Writes to the command's stdin; waits while the server is behind.
+    pub async fn stdin(&self, bytes: impl Into<Bytes>) -> Result<(), Error> {
+        self.send(session_request::Event::Stdin(bytes.into())).await
+    }
+
+    /// Closes the command's stdin; output keeps flowing until it exits.
+    pub async fn close_stdin(&self) -> Result<(), Error> {
+        self.send(session_request::Event::StdinEof(true)).await
+    }
+
+    /// Sends a signal by name ("INT", "TERM" ...) to the command's process group.
+    pub async fn signal(&self, name: impl Into<String>) -> Result<(), Error> {
+        self.send(session_request::Event::Signal(name.into())).await
+    }
+
+    /// Tells the remote terminal its new size (tty sessions).
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), Error> {
+        self.send(session_request::Event::Resize(proto::TtySize {
+            rows: rows.into(),
+            cols: cols.into(),
+        }))
+        .await
+    }
+}
+
+/// A connection to one rexecd; cheap to clone, clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: RemoteExecClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `host:port`, `[::1]:port` or `http://host:port`.
+    pub async fn connect(addr: &str, options: &ClientOptions) -> Result<Client, Error> {
+        let connect_error = |reason: String| Error::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(endpoint_uri(addr).map_err(connect_error)?)
+            .map_err(|e| connect_error(format!("invalid address: {e}")))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .max_frame_size(MAX_FRAME_SIZE);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| connect_error(root_cause(&e)))?;
+        Ok(Client {
+            inner: RemoteExecClient::new(channel),
+        })
+    }
+
+    /// Starts a command; its stdin is `Command::stdin` or empty.
+    pub async fn exec(&mut self, command: Command) -> Result<Events, Error> {
+        let stream = self.inner.exec(command.request).await?.into_inner();
+        Ok(Events {
+            stream,
+            exited: false,
+        })
+    }
+
+    /// Runs a command to the end and collects its output, like
+    /// `std::process::Command::output`.
+    pub async fn output(&mut self, command: Command) -> Result<Output, Error> {
+        let mut events = self.exec(command).await?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(event) = events.next().await? {
+            match event {
+                Event::Stdout(bytes) => stdout.extend_from_slice(&bytes),
+                Event::Stderr(bytes) => stderr.extend_from_slice(&bytes),
+                Event::Exit(status) => {
+                    return Ok(Output {
+                        stdout,
+                        stderr,
+                        status,
+                    });
+                }
+                Event::Started { .. } => {}
+            }
+        }
+        Err(Error::Protocol("no exit status".into()))
+    }
+
+    /// Starts an interactive session: stdin streams through the returned
+    /// `SessionInput`; dropping every input half-closes (EOF on stdin).
+    pub async fn session(&mut self, command: Command) -> Result<(SessionInput, Events), Error> {
+        let (sender, receiver) = mpsc::channel(SESSION_QUEUE);
+        let start = proto::SessionRequest {
+            event: Some(session_request::Event::Start(command.request)),
+        };
+        sender
+            .send(start)
+            .await
+            .map_err(|_| Error::Protocol("session closed".into()))?;
+        let stream = self
+            .inner
+            .session(ReceiverStream::new(receiver))
+            .await?
+            .into_inner();
+        Ok((
+            SessionInput { sender },
+            Events {
+                stream,
+                exited: false,
+            },
+        ))
+    }
+}
+
+/// Accepts `host:port`, `[::1]:port` and `http://host:port`.
+pub fn endpoint_uri(addr: &str) -> Result<String, String> {
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err("empty address: use host:port".into());
+    }
+    match addr.split_once("://") {
+        Some(("http", rest)) if !rest.is_empty() => Ok(addr.to_string()),
+        Some((scheme, _)) => Err(format!(
+            "unsupported address scheme '{scheme}://': use host:port or http://host:port"
+        )),
+        None => Ok(format!("http://{addr}")),
+    }
+}
+
+/// The innermost error, as "connection refused" rather than a transport chain.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    if let Some(io) = current.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind::*;
+        let text = match io.kind() {
+            ConnectionRefused => "connection refused",
+            TimedOut => "timed out",
+            HostUnreachable => "host unreachable",
+            NetworkUnreachable => "network unreachable",
+            _ => return io.to_string(),
+        };
+        return text.to_string();
+    }
+    let text = current.to_string();
+    if text.contains("timed out") {
+        "timed out".into()
+    } else {
+        text
+    }
+}
+
+/// A status as one line: "not found: program not found: foo".
+pub fn describe_status(status: &tonic::Status) -> String {
+    let code = format!("{:?}", status.code());
+    let mut words = String::new();
+    for (i, c) in code.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_lowercase());
+    }
+    let message = status.message().trim();
+    if message.is_empty() {
+        words
+    } else {
+        format!("{words}: {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_and_http_addresses() {
+        assert_eq!(
+            endpoint_uri("127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(endpoint_uri("http://h:1").unwrap(), "http://h:1");
+        assert_eq!(endpoint_uri("[::1]:7").unwrap(), "http://[::1]:7");
+        assert!(endpoint_uri("ftp://h:1").is_err());
+        assert!(endpoint_uri("").is_err());
+    }
+
+    #[test]
+    fn statuses_read_as_one_line() {
+        let status = tonic::Status::not_found("program not found: foo");
+        assert_eq!(
+            describe_status(&status),
+            "not found: program not found: foo"
+        );
+        assert_eq!(
+            describe_status(&tonic::Status::invalid_argument("")),
+            "invalid argument"
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_ssh() {
+        let mut status = ExitStatus::from(proto::Exit {
+            status: Some(proto::exit::Status::Code(3)),
+            ..Default::default()
+        });
+        assert_eq!(status.local_exit_code(), 3);
+        status.code = None;
+        status.signal = Some("KILL".into());
+        assert_eq!(status.local_exit_code(), 137);
+        status.signal = Some("BOGUS".into());
+        assert_eq!(status.local_exit_code(), 255);
+    }
+}
