@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod duration;
+pub mod legacy;
 pub mod signals;
 
 /// Generated gRPC types and stubs for `rexec.v1`.
