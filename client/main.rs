@@ -2,6 +2,7 @@
 //! as `ssh host command` does.
 
 mod exec;
+mod legacy;
 mod output;
 mod repl;
 
@@ -51,6 +52,13 @@ struct Cli {
     #[arg(long, value_name = "ENC")]
     encoding: Option<String>,
 
+    /// Talk to rexecd's legacy raw-TCP listener (`rexecd --legacy-listen`) with
+    /// the 4-byte-prefix protocol instead of gRPC; --addr is then that
+    /// listener's host:port. --cwd, --env and --no-shell are folded into the
+    /// command line, since that protocol carries only a command, stdin and a timeout.
+    #[arg(long)]
+    legacy: bool,
+
     /// Give up connecting after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::duration::parse)]
     connect_timeout: Duration,
@@ -98,6 +106,9 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         message: Some(m),
         code: 2,
     })?;
+    if cli.legacy {
+        return legacy::run(&cli, &mut output).await;
+    }
     let options = ClientOptions {
         connect_timeout: cli.connect_timeout,
     };
@@ -117,7 +128,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         command = command.timeout(timeout);
     }
     if cli.words.is_empty() {
-        return Ok(repl::run(&mut client, command, &mut output).await);
+        return Ok(repl::run(repl::Remote::Grpc(&mut client), command, &mut output).await);
     }
     let stdin = std::io::stdin();
     if !cli.no_stdin && !stdin.is_terminal() {

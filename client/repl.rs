@@ -4,11 +4,42 @@
 use rexec::client::{Client, Command};
 use rustyline::error::ReadlineError;
 
-use crate::exec;
+use crate::exec::{self, Failure};
+use crate::legacy;
 use crate::output::Output;
 
+/// Where the REPL's lines run: rexecd's gRPC service, or its legacy listener
+/// (`rexec --legacy`) with the options that protocol folds into each line.
+pub enum Remote<'a> {
+    Grpc(&'a mut Client),
+    Legacy(&'a mut legacy::Connection, &'a legacy::Template),
+}
+
+impl Remote<'_> {
+    /// Runs one line, writing its output; returns (local exit code, timed out).
+    async fn run_line(
+        &mut self,
+        command: Command,
+        output: &mut Output,
+    ) -> Result<(i32, bool), Failure> {
+        match self {
+            Remote::Grpc(client) => exec::run(client, command, output)
+                .await
+                .map(|exit| (exit.local_exit_code(), exit.timed_out)),
+            Remote::Legacy(connection, template) => {
+                let text = command.shell_text().unwrap_or_default();
+                let request = template
+                    .request(text, command.current_cwd(), None)
+                    .map_err(Failure::rexec)?;
+                let header = legacy::exec(connection, request, output).await?;
+                Ok((legacy::exit_code(&header), header.timed_out == Some(true)))
+            }
+        }
+    }
+}
+
 /// Reads lines until `quit`, `exit` or end of input; returns the CLI exit code.
-pub async fn run(client: &mut Client, template: Command, output: &mut Output) -> i32 {
+pub async fn run(mut client: Remote<'_>, template: Command, output: &mut Output) -> i32 {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(editor) => editor,
         Err(e) => {
@@ -50,16 +81,15 @@ pub async fn run(client: &mut Client, template: Command, output: &mut Output) ->
         let request = template.clone().cwd(cwd.clone());
         if line == "cd" || line.starts_with("cd ") {
             // Resolved remotely (so `~` and relative paths mean the server's), then sent as cwd.
-            match resolve_cd(client, request.with_shell(format!("{line} && pwd"))).await {
+            match resolve_cd(&mut client, request.with_shell(format!("{line} && pwd"))).await {
                 Ok(dir) => cwd = dir,
                 Err(message) => eprintln!("{message}"),
             }
             continue;
         }
-        match exec::run(client, request.with_shell(line), output).await {
-            Ok(exit) => {
-                let status = exit.local_exit_code();
-                if exit.timed_out {
+        match client.run_line(request.with_shell(line), output).await {
+            Ok((status, timed_out)) => {
+                if timed_out {
                     eprintln!("[timed out]");
                 } else if status != 0 {
                     eprintln!("[exit {status}]");
@@ -82,19 +112,28 @@ pub async fn run(client: &mut Client, template: Command, output: &mut Output) ->
     code
 }
 
-async fn resolve_cd(client: &mut Client, command: Command) -> Result<String, String> {
-    let output = client
-        .output(command)
-        .await
-        .map_err(|e| format!("rexec: {e}"))?;
-    let dir = String::from_utf8_lossy(&output.stdout)
+async fn resolve_cd(remote: &mut Remote<'_>, command: Command) -> Result<String, String> {
+    let (stdout, stderr, success) = match remote {
+        Remote::Grpc(client) => {
+            let output = client
+                .output(command)
+                .await
+                .map_err(|e| format!("rexec: {e}"))?;
+            (output.stdout, output.stderr, output.status.success())
+        }
+        Remote::Legacy(connection, template) => {
+            let text = command.shell_text().unwrap_or_default();
+            legacy::capture(connection, template, text, command.current_cwd())
+                .await
+                .map_err(|e| format!("rexec: {e}"))?
+        }
+    };
+    let dir = String::from_utf8_lossy(&stdout)
         .trim_end_matches('\n')
         .to_string();
-    if output.status.success() && !dir.is_empty() {
+    if success && !dir.is_empty() {
         Ok(dir)
     } else {
-        Err(String::from_utf8_lossy(&output.stderr)
-            .trim_end()
-            .to_string())
+        Err(String::from_utf8_lossy(&stderr).trim_end().to_string())
     }
 }

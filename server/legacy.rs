@@ -181,7 +181,8 @@ impl Handler {
                 break;
             };
             let refused = response.header.error.is_some();
-            if !self.answer(response).await || refused {
+            // Once draining, a connection ends with the answer it was owed.
+            if !self.answer(response).await || refused || self.shutdown.is_draining() {
                 break;
             }
         }
