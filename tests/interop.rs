@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, scratch_dir};
+use common::{Daemon, output_within, scratch_dir};
 use serde_json::Value;
 
 /// Longest any single tool call may take before the test fails.
@@ -71,36 +71,8 @@ fn python_client(args: &[&str]) -> Command {
     command
 }
 
-/// Runs `command` with `stdin` as its input; kills it and fails past TOOL_LIMIT.
 fn run(command: &mut Command, stdin: &[u8]) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tool");
-    let mut child_stdin = child.stdin.take().expect("stdin");
-    let stdin = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = child_stdin.write_all(&stdin);
-    });
-    let pid = child.id();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let output = child.wait_with_output();
-        let _ = done_tx.send(());
-        output
-    });
-    if done_rx.recv_timeout(TOOL_LIMIT).is_err() {
-        // SAFETY: killing our own child, which has not been reaped yet.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-        let _ = waiter.join();
-        panic!("{command:?} did not finish within {TOOL_LIMIT:?}");
-    }
-    let _ = writer.join();
-    waiter.join().expect("waiter").expect("wait for tool")
+    output_within(command, stdin, TOOL_LIMIT)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -181,7 +153,12 @@ fn grpcurl_list_shows_service_health_and_reflection() {
 fn grpcurl_describe_shows_proto_comments() {
     let daemon = Daemon::start();
     let out = run(
-        grpcurl().args(["-plaintext", &daemon.addr, "describe", "rexec.v1.ExecRequest"]),
+        grpcurl().args([
+            "-plaintext",
+            &daemon.addr,
+            "describe",
+            "rexec.v1.ExecRequest",
+        ]),
         b"",
     );
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));

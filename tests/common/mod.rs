@@ -222,3 +222,37 @@ pub fn unique_sleep(seconds: u32) -> (String, String) {
         format!("sleep {seconds}.{marker}"),
     )
 }
+
+/// Runs `command` to the end with `stdin` as its input and collects its output;
+/// kills it and fails the test if it runs past `limit`.
+pub fn output_within(command: &mut Command, stdin: &[u8], limit: Duration) -> std::process::Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let mut child_stdin = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = child_stdin.write_all(&stdin);
+    });
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done_tx.send(());
+        output
+    });
+    if done_rx.recv_timeout(limit).is_err() {
+        // SAFETY: killing our own child, which the waiter has not reaped yet.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+        let _ = waiter.join();
+        panic!("{command:?} did not finish within {limit:?}");
+    }
+    let _ = writer.join();
+    waiter.join().expect("waiter").expect("wait for child")
+}
