@@ -191,7 +191,6 @@ fn grpcurl_exec_streams_stdout_stderr_and_exit_code() {
 }
 
 #[test]
-#[ignore = "needs Session (issue 4)"]
 fn grpcurl_session_driven_from_stdin_echoes_and_exits_zero() {
     let daemon = Daemon::start();
     // "aGVsbG8gc2Vzc2lvbgo=" is base64 for "hello session\n".
@@ -297,7 +296,6 @@ fn python_client_streams_output_before_the_command_ends() {
 }
 
 #[test]
-#[ignore = "needs Session (issue 4)"]
 fn python_session_sends_its_stdin_and_exits_with_remote_code() {
     let daemon = Daemon::start();
     let out = run(
@@ -307,4 +305,31 @@ fn python_session_sends_its_stdin_and_exits_with_remote_code() {
     assert_eq!(text(&out.stdout), "line one\nline two\n");
     assert_eq!(text(&out.stderr), "");
     assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn python_session_echoes_stdin_while_it_is_still_open() {
+    let daemon = Daemon::start();
+    let mut child = python_client(&["--session", &daemon.addr, "cat; exit 4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn python client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = line_tx.send(line.unwrap_or_default());
+        }
+    });
+    std::io::Write::write_all(&mut stdin, b"ping\n").expect("write stdin");
+    let echoed = line_rx.recv_timeout(Duration::from_secs(10));
+    // Closing stdin ends `cat`; the session then exits with the remote code.
+    drop(stdin);
+    let status = child.wait().expect("wait python client");
+    let _ = reader.join();
+    assert_eq!(echoed.ok().as_deref(), Some("ping"));
+    assert_eq!(status.code(), Some(4));
 }
