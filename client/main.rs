@@ -5,12 +5,13 @@ mod exec;
 mod legacy;
 mod output;
 mod repl;
+mod session;
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use rexec::client::{Client, ClientOptions, Command};
 
 use crate::exec::Failure;
@@ -22,7 +23,15 @@ use crate::output::Output;
 /// WORDS, rexec reads commands line by line (a REPL). The exit code is the remote
 /// command's; 128+N when it died of signal N; 255 when rexec itself failed.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(
+    version,
+    about,
+    long_about,
+    // Words that merely start like a subcommand stay a remote command: only
+    // the first word is checked, never after `--`, and `help` is not one.
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
 struct Cli {
     /// Server address: host:port or http://host:port.
     #[arg(long, env = "REXEC_ADDR", default_value = "127.0.0.1:50051")]
@@ -45,8 +54,18 @@ struct Cli {
     timeout: Option<Duration>,
 
     /// Send no stdin, even when local stdin is a pipe or file (as ssh -n).
-    #[arg(short = 'n')]
+    #[arg(short = 'n', conflicts_with = "interactive")]
     no_stdin: bool,
+
+    /// Stream local stdin even when it is a terminal (as kubectl exec -i).
+    /// A pipe or file is always streamed.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+
+    /// Run on a remote pseudo-terminal, with the local terminal in raw mode
+    /// (as ssh -t). With no WORDS, opens the remote user's login shell.
+    #[arg(short = 't', long, conflicts_with = "legacy")]
+    tty: bool,
 
     /// Transcode remote output from this encoding to UTF-8 (e.g. gbk, shift_jis).
     #[arg(long, value_name = "ENC")]
@@ -70,6 +89,30 @@ struct Cli {
         value_name = "WORDS"
     )]
     words: Vec<String>,
+
+    #[command(subcommand)]
+    tool: Option<Tool>,
+}
+
+/// Local tools; a remote command with the same name runs with `rexec -- NAME`.
+#[derive(Debug, clap::Subcommand)]
+enum Tool {
+    /// Print a completion script for SHELL, e.g. `rexec completions bash >
+    /// /etc/bash_completion.d/rexec`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes a completion script to stdout; an error (a closed pipe) is a failure, not a panic.
+fn print_completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "rexec", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(Failure::rexec(format!("cannot write completions: {e}"))),
+    }
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -81,6 +124,9 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Tool::Completions { shell }) = cli.tool {
+        return print_completions(shell);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -127,19 +173,15 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     if let Some(timeout) = cli.timeout {
         command = command.timeout(timeout);
     }
-    if cli.words.is_empty() {
+    if cli.words.is_empty() && !cli.tty {
         return Ok(repl::run(repl::Remote::Grpc(&mut client), command, &mut output).await);
     }
-    let stdin = std::io::stdin();
-    if !cli.no_stdin && !stdin.is_terminal() {
-        let mut bytes = Vec::new();
-        stdin
-            .lock()
-            .read_to_end(&mut bytes)
-            .map_err(|e| Failure::rexec(format!("cannot read stdin: {e}")))?;
-        command = command.stdin(bytes);
-    }
-    let exit = exec::run(&mut client, command, &mut output).await?;
+    let options = session::SessionOptions {
+        stream_stdin: !cli.no_stdin
+            && (cli.interactive || cli.tty || !std::io::stdin().is_terminal()),
+        tty: cli.tty,
+    };
+    let exit = session::run(&mut client, command, options, &mut output).await?;
     if exit.timed_out {
         let after = cli
             .timeout

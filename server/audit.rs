@@ -71,6 +71,7 @@ impl Audit {
         match &record.program {
             Program::Shell(command) => line["command"] = json!(command),
             Program::Argv(argv) => line["argv"] = json!(argv),
+            Program::LoginShell => line["login_shell"] = json!(true),
         }
         match report.termination {
             Termination::Code(code) => line["exit_code"] = json!(code),

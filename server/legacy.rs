@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::StreamExt;
 use tokio_util::codec::{Encoder, FramedRead};
 
-use crate::runner::{Caller, Event, ExecSpec, ExitReport, Program, Runner, Termination};
+use crate::runner::{Caller, Event, ExecSpec, ExitReport, Program, Runner, StdinMode, Termination};
 use crate::shutdown::Shutdown;
 
 /// How long a request start that could still be a length prefix (fewer than 4
@@ -251,8 +251,9 @@ impl Handler {
             program: Program::Shell(request.command),
             env: Vec::new(),
             cwd: None,
-            stdin: request.stdin,
+            stdin: request.stdin.map_or(StdinMode::Empty, StdinMode::Bytes),
             timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
+            tty: None,
         };
         let caller = Caller {
             peer: self.peer.to_string(),

@@ -2,17 +2,18 @@
 //! health and reflection. See DESIGN.md for the contract.
 
 mod audit;
+mod config;
 mod legacy;
 mod runner;
 mod service;
 mod shutdown;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use rexec::proto::remote_exec_server::RemoteExecServer;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -27,7 +28,7 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 /// rexecd: run commands for remote clients and stream their output back.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "rexecd", version, about)]
 struct Args {
     /// gRPC listen address. Port 0 picks a free port; the readiness line on
     /// stdout says which ("listening grpc=ADDR").
@@ -85,17 +86,41 @@ struct Args {
     /// Legacy connections served at once; more get an error answer and are closed.
     #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u32).range(1..))]
     legacy_max_connections: u32,
+
+    /// Log lines on stderr: text for people, json (one object a line) for log
+    /// collectors. Audit lines are JSON either way.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    /// Read flags from this TOML file; keys are the long flag names
+    /// (kill-grace = "5s", insecure-no-auth = true). Command-line flags win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
+    let args: Args = match config::parse() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not for journald or a file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REXEC_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        );
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     if !args.listen.ip().is_loopback() && !args.insecure_no_auth {
         eprintln!(
             "rexecd: refusing to listen on non-loopback {} without authentication; \

@@ -28,24 +28,42 @@ const EVENT_QUEUE: usize = 16;
 /// After the exec's group has been killed past the linger, a process that
 /// escaped the group may still hold a pipe: read at most this much more.
 const DRAIN_AFTER_STOP: u64 = 1024 * 1024;
+/// Stdin chunks queued for a child; a full queue stops reading from the client.
+const STDIN_QUEUE: usize = 8;
+/// Signals and resizes queued; more than this at once are dropped.
+const CONTROL_QUEUE: usize = 32;
 
-/// What to run: a command line for the shell, or an argv run directly.
+/// What to run: a command line for the shell, an argv run directly, or the
+/// server user's login shell (interactive tty sessions without a command).
 #[derive(Debug, Clone)]
 pub enum Program {
     Shell(String),
     Argv(Vec<String>),
+    LoginShell,
 }
 
-/// One validated-on-start request to run something.
+/// Where the command's stdin comes from.
+#[derive(Debug, Clone)]
+pub enum StdinMode {
+    /// Empty, like `</dev/null`: nothing waits on an open pipe.
+    Empty,
+    /// Fed, then closed.
+    Bytes(Bytes),
+    /// Written through `Execution::input` as it arrives (sessions).
+    Stream,
+}
+
+/// One request to run something; validated by `Runner::start`.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
     pub program: Program,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
-    /// Fed to stdin, which is then closed; `None` gives an empty stdin.
-    pub stdin: Option<Bytes>,
+    pub stdin: StdinMode,
     /// `None` means the server default.
     pub timeout: Option<Duration>,
+    /// Run on a pseudo-terminal of (rows, cols); stdout and stderr merge.
+    pub tty: Option<(u16, u16)>,
 }
 
 /// Who asked, for the audit line.
@@ -86,6 +104,48 @@ pub struct Execution {
     pub pid: u32,
     pub exec_id: String,
     pub events: mpsc::Receiver<Event>,
+    /// Stdin, signals and resizes; `Some` only for `StdinMode::Stream`.
+    pub input: Option<ExecInput>,
+}
+
+/// Writes to a running exec: stdin (in order, with backpressure), EOF, and
+/// signals and resizes, which overtake queued stdin.
+pub struct ExecInput {
+    data: mpsc::Sender<Bytes>,
+    control: mpsc::Sender<Control>,
+    done: CancellationToken,
+}
+
+enum Control {
+    Signal(i32),
+    Resize(u16, u16),
+}
+
+impl ExecInput {
+    /// Queues stdin bytes; false once stdin is closed or the child stopped reading.
+    pub async fn write(&self, bytes: Bytes) -> bool {
+        self.data.send(bytes).await.is_ok()
+    }
+
+    /// Closes stdin (a tty gets its EOF character) once queued bytes are written.
+    pub async fn close(&self) {
+        // An empty chunk is the EOF marker: the queue keeps it behind the data.
+        let _ = self.data.send(Bytes::new()).await;
+    }
+
+    /// Sends a signal to the exec's process group (a tty's foreground group).
+    pub fn signal(&self, signal: i32) {
+        let _ = self.control.try_send(Control::Signal(signal));
+    }
+
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let _ = self.control.try_send(Control::Resize(rows, cols));
+    }
+
+    /// Resolves once the exec has ended and its exit has been queued.
+    pub async fn finished(&self) {
+        self.done.cancelled().await
+    }
 }
 
 /// Why an exec could not start; each maps to one gRPC status.
@@ -147,22 +207,17 @@ impl Runner {
     /// Nothing runs unless this returns `Ok`.
     pub fn start(&self, spec: ExecSpec, caller: Caller) -> Result<Execution, RunError> {
         let (program, args) = self.resolve(&spec)?;
-        let mut command = Command::new(&program);
-        command
-            .args(&args)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(if spec.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        if let Some(cwd) = &spec.cwd {
-            command.current_dir(cwd);
+        let spawned = match spec.tty {
+            None => spawn_with_pipes(&program, &args, &spec),
+            Some(size) => spawn_with_pty(&program, &args, &spec, size),
         }
-        let mut child = command.spawn().map_err(|e| spawn_error(&program, e))?;
+        .map_err(|e| spawn_error(&program, e))?;
+        let Spawned {
+            child,
+            stdout,
+            stderr,
+            stdin,
+        } = spawned;
         let pid = child
             .id()
             .ok_or_else(|| RunError::Internal("child exited before its pid was read".into()))?;
@@ -173,9 +228,32 @@ impl Runner {
         );
 
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let stdin = child.stdin.take();
+        let done = CancellationToken::new();
+        let (data_tx, data_rx) = mpsc::channel(STDIN_QUEUE);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let input = match &spec.stdin {
+            StdinMode::Empty => None,
+            StdinMode::Bytes(bytes) => {
+                // Room is guaranteed: the queue is new and holds two messages.
+                let _ = data_tx.try_send(bytes.clone());
+                let _ = data_tx.try_send(Bytes::new());
+                None
+            }
+            StdinMode::Stream => Some(ExecInput {
+                data: data_tx.clone(),
+                control: control_tx.clone(),
+                done: done.clone(),
+            }),
+        };
+        drop((data_tx, control_tx));
+        self.supervisors.spawn(feed_stdin(
+            stdin,
+            data_rx,
+            control_rx,
+            pid as i32,
+            done.clone(),
+        ));
+
         let supervisor = Supervisor {
             child,
             pgid: pid as i32,
@@ -186,13 +264,14 @@ impl Runner {
             kill_all: self.kill_all.clone(),
             audit: self.audit.clone(),
             record: AuditRecord::new(&exec_id, &caller, &spec, pid),
+            done,
         };
-        self.supervisors
-            .spawn(supervisor.run(stdout, stderr, stdin.zip(spec.stdin)));
+        self.supervisors.spawn(supervisor.run(stdout, stderr));
         Ok(Execution {
             pid,
             exec_id,
             events,
+            input,
         })
     }
 
@@ -225,6 +304,7 @@ impl Runner {
                     vec!["-c".into(), command.clone()],
                 ))
             }
+            Program::LoginShell => Ok((login_shell(), Vec::new())),
             Program::Argv(argv) => {
                 if argv.iter().any(|a| a.contains('\0')) {
                     return Err(RunError::InvalidArgument("argv contains a NUL byte".into()));
@@ -307,6 +387,204 @@ fn spawn_error(program: &Path, e: std::io::Error) -> RunError {
     }
 }
 
+type OutputPipe = Box<dyn AsyncRead + Send + Unpin>;
+
+/// Where stdin bytes go: a pipe, or the pty master (shared with stdout).
+enum StdinSink {
+    Pipe(tokio::process::ChildStdin),
+    Pty(pty_process::OwnedWritePty, std::os::fd::RawFd),
+}
+
+struct Spawned {
+    child: Child,
+    stdout: OutputPipe,
+    stderr: Option<OutputPipe>,
+    stdin: Option<StdinSink>,
+}
+
+fn spawn_with_pipes(program: &Path, args: &[String], spec: &ExecSpec) -> std::io::Result<Spawned> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(match spec.stdin {
+            StdinMode::Empty => Stdio::null(),
+            _ => Stdio::piped(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    if matches!(spec.program, Program::LoginShell) {
+        command.arg0(login_arg0(program));
+    }
+    let mut child = command.spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout pipe"))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
+    let stdin = child.stdin.take().map(StdinSink::Pipe);
+    Ok(Spawned {
+        child,
+        stdout: Box::new(stdout),
+        stderr: Some(Box::new(stderr)),
+        stdin,
+    })
+}
+
+/// The child becomes a session leader with the pty as its controlling
+/// terminal, so its process group id is its pid, as with pipes.
+fn spawn_with_pty(
+    program: &Path,
+    args: &[String],
+    spec: &ExecSpec,
+    (rows, cols): (u16, u16),
+) -> std::io::Result<Spawned> {
+    use std::os::fd::AsRawFd;
+    let (pty, pts) = pty_process::open().map_err(std::io::Error::other)?;
+    pty.resize(pty_process::Size::new(rows, cols))
+        .map_err(std::io::Error::other)?;
+    let mut command = pty_process::Command::new(program).args(args);
+    if !spec.env.iter().any(|(k, _)| k == "TERM") {
+        command = command.env("TERM", "xterm-256color");
+    }
+    command = command.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &spec.cwd {
+        command = command.current_dir(cwd);
+    }
+    if matches!(spec.program, Program::LoginShell) {
+        command = command.arg0(login_arg0(program));
+    }
+    let master_fd = pty.as_raw_fd();
+    let child = command.spawn(pts).map_err(std::io::Error::other)?;
+    let (read, write) = pty.into_split();
+    Ok(Spawned {
+        child,
+        stdout: Box::new(read),
+        stderr: None,
+        stdin: Some(StdinSink::Pty(write, master_fd)),
+    })
+}
+
+/// The server user's login shell from the password database, else /bin/sh.
+fn login_shell() -> PathBuf {
+    // SAFETY: getpwuid returns a pointer into static storage or null; it is read at once.
+    unsafe {
+        let entry = libc::getpwuid(libc::getuid());
+        if !entry.is_null() && !(*entry).pw_shell.is_null() {
+            let shell = std::ffi::CStr::from_ptr((*entry).pw_shell)
+                .to_string_lossy()
+                .into_owned();
+            if !shell.is_empty() {
+                return PathBuf::from(shell);
+            }
+        }
+    }
+    PathBuf::from("/bin/sh")
+}
+
+/// `-bash` for /bin/bash: a leading dash makes a shell a login shell.
+fn login_arg0(program: &Path) -> String {
+    let name = program
+        .file_name()
+        .map_or_else(|| "sh".into(), |n| n.to_string_lossy().into_owned());
+    format!("-{name}")
+}
+
+/// Writes stdin as it is queued and applies signals and resizes, which never
+/// wait behind stdin. Runs until the exec is done or both queues are closed.
+async fn feed_stdin(
+    mut sink: Option<StdinSink>,
+    mut data: mpsc::Receiver<Bytes>,
+    mut control: mpsc::Receiver<Control>,
+    pgid: i32,
+    done: CancellationToken,
+) {
+    let (mut data_open, mut control_open) = (true, true);
+    let mut pending = Bytes::new();
+    while data_open || control_open || !pending.is_empty() {
+        let writing = !pending.is_empty() && sink.is_some();
+        tokio::select! {
+            biased;
+            () = done.cancelled() => break,
+            message = control.recv(), if control_open => match message {
+                Some(Control::Signal(signal)) => signal_group(foreground_group(sink.as_ref()).unwrap_or(pgid), signal),
+                Some(Control::Resize(rows, cols)) => {
+                    if let Some(StdinSink::Pty(pty, _)) = &sink {
+                        // TIOCSWINSZ: the kernel sends SIGWINCH to the foreground group.
+                        let _ = pty.resize(pty_process::Size::new(rows, cols));
+                    }
+                }
+                None => control_open = false,
+            },
+            written = write_some(sink.as_mut(), &pending), if writing => match written {
+                Ok(n) => {
+                    let _ = pending.split_to(n);
+                }
+                // The child stopped reading (EPIPE): drop the rest of stdin.
+                Err(_) => {
+                    sink = None;
+                    pending.clear();
+                }
+            },
+            message = data.recv(), if data_open && pending.is_empty() => match message {
+                Some(bytes) if bytes.is_empty() => {
+                    close_stdin(&mut sink).await;
+                    data_open = false;
+                }
+                Some(bytes) => {
+                    if sink.is_some() {
+                        pending = bytes;
+                    }
+                }
+                None => {
+                    close_stdin(&mut sink).await;
+                    data_open = false;
+                }
+            },
+        }
+        if !writing && pending.is_empty() && !data_open && !control_open {
+            break;
+        }
+    }
+}
+
+/// One write; cancel-safe, so a signal can overtake a write blocked on a full pipe.
+async fn write_some(sink: Option<&mut StdinSink>, bytes: &[u8]) -> std::io::Result<usize> {
+    match sink {
+        Some(StdinSink::Pipe(pipe)) => pipe.write(bytes).await,
+        Some(StdinSink::Pty(pty, _)) => pty.write(bytes).await,
+        None => Ok(bytes.len()),
+    }
+}
+
+/// EOF for stdin: a pipe is closed; a tty gets its EOF character (^D), as a
+/// terminal user would type it.
+async fn close_stdin(sink: &mut Option<StdinSink>) {
+    match sink {
+        Some(StdinSink::Pty(pty, _)) => {
+            let _ = pty.write_all(&[0x04]).await;
+        }
+        _ => *sink = None,
+    }
+}
+
+/// The foreground process group of a tty (a shell's running job), if any.
+fn foreground_group(sink: Option<&StdinSink>) -> Option<i32> {
+    let Some(StdinSink::Pty(_, fd)) = sink else {
+        return None;
+    };
+    // SAFETY: the fd is the pty master, kept open by the write half we hold.
+    let group = unsafe { libc::tcgetpgrp(*fd) };
+    (group > 0).then_some(group)
+}
+
 /// Why the supervisor stopped waiting for the main process on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Interruption {
@@ -326,20 +604,17 @@ struct Supervisor {
     kill_all: CancellationToken,
     audit: Audit,
     record: AuditRecord,
+    /// Fired once the exit is queued: the stdin feeder and signals stop.
+    done: CancellationToken,
 }
 
 impl Supervisor {
-    async fn run(
-        mut self,
-        stdout: Option<tokio::process::ChildStdout>,
-        stderr: Option<tokio::process::ChildStderr>,
-        stdin: Option<(tokio::process::ChildStdin, Bytes)>,
-    ) {
+    async fn run(mut self, stdout: OutputPipe, stderr: Option<OutputPipe>) {
         let started = Instant::now();
         // Readers stop at EOF, or once `stop_reading` fires and their pipe is empty.
         let stop_reading = CancellationToken::new();
         let stdout_reader = tokio::spawn(pump(
-            stdout,
+            Some(stdout),
             self.tx.clone(),
             Event::Stdout,
             stop_reading.clone(),
@@ -350,12 +625,6 @@ impl Supervisor {
             Event::Stderr,
             stop_reading.clone(),
         ));
-        if let Some((mut pipe, bytes)) = stdin {
-            // A child that exits without reading gives EPIPE here: nothing to report.
-            tokio::spawn(async move {
-                let _ = pipe.write_all(&bytes).await;
-            });
-        }
 
         let deadline = async {
             match self.timeout {
@@ -416,6 +685,7 @@ impl Supervisor {
             &report,
             interruption == Some(Interruption::ClientGone),
         );
+        self.done.cancel();
         let _ = self.tx.send(Event::Exit(report)).await;
     }
 
@@ -457,8 +727,8 @@ impl Supervisor {
 
 /// Forwards one pipe as chunks until EOF; a full channel stops reading, so the
 /// child's pipe fills and the child waits (backpressure).
-async fn pump<R: AsyncRead + Unpin>(
-    pipe: Option<R>,
+async fn pump(
+    pipe: Option<OutputPipe>,
     tx: mpsc::Sender<Event>,
     wrap: fn(Bytes) -> Event,
     stop: CancellationToken,
@@ -490,6 +760,8 @@ async fn pump<R: AsyncRead + Unpin>(
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A pty master reads EIO once every slave fd is closed: its EOF.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => {
                 tracing::warn!("reading child output failed: {e}");
                 break;

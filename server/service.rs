@@ -7,12 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rexec::proto::remote_exec_server::RemoteExec;
-use rexec::{ExecRequest, ExecResponse, Exit, SessionRequest, Started, exec_response, exit};
+use rexec::{
+    ExecRequest, ExecResponse, Exit, SessionRequest, Started, exec_response, exit, session_request,
+};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::runner::{Caller, Event, ExecSpec, Program, RunError, Runner, Termination};
+use crate::runner::{
+    Caller, Event, ExecInput, ExecSpec, Execution, Program, RunError, Runner, StdinMode,
+    Termination,
+};
 use crate::shutdown::Shutdown;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<ExecResponse, Status>> + Send>>;
@@ -34,44 +40,146 @@ impl RemoteExec for ExecService {
     type SessionStream = EventStream;
 
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<EventStream>, Status> {
+        let caller = self.admit(&request)?;
+        let spec = spec_from_request(request.into_inner(), false)?;
+        let execution = self.runner.start(spec, caller).map_err(status_from)?;
+        Ok(Response::new(event_stream(execution, None)))
+    }
+
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<EventStream>, Status> {
+        let caller = self.admit(&request)?;
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("session ended before its start message"))?;
+        let Some(session_request::Event::Start(start)) = first.event else {
+            return Err(Status::invalid_argument(
+                "the first session message must be start",
+            ));
+        };
+        let initial_stdin = start.stdin.clone();
+        let mut spec = spec_from_request(start, true)?;
+        spec.stdin = StdinMode::Stream;
+        let mut execution = self.runner.start(spec, caller).map_err(status_from)?;
+        let input = execution
+            .input
+            .take()
+            .ok_or_else(|| Status::internal("session has no input"))?;
+        let (errors_tx, errors_rx) = mpsc::channel(1);
+        tokio::spawn(forward_input(inbound, input, initial_stdin, errors_tx));
+        Ok(Response::new(event_stream(execution, Some(errors_rx))))
+    }
+}
+
+impl ExecService {
+    /// Checks that a new exec may start and says who asked.
+    fn admit<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         if self.shutdown.is_draining() {
             return Err(Status::unavailable("server is shutting down"));
         }
-        let caller = Caller {
+        Ok(Caller {
             peer: request
                 .remote_addr()
                 .map_or_else(|| "unknown".into(), |a| a.to_string()),
             principal: "anonymous".into(),
             listener: "grpc",
-        };
-        let spec = spec_from_request(request.into_inner())?;
-        let execution = self.runner.start(spec, caller).map_err(status_from)?;
-        let started = ExecResponse {
-            event: Some(exec_response::Event::Started(Started {
-                pid: execution.pid,
-                exec_id: execution.exec_id,
-            })),
-        };
-        // When tonic drops this stream (client gone), the runner sees its
-        // channel close and kills the group.
-        let events = ReceiverStream::new(execution.events).map(|event| Ok(response_from(event)));
-        Ok(Response::new(Box::pin(
-            tokio_stream::once(Ok(started)).chain(events),
-        )))
-    }
-
-    async fn session(
-        &self,
-        _request: Request<Streaming<SessionRequest>>,
-    ) -> Result<Response<EventStream>, Status> {
-        Err(Status::unimplemented(
-            "Session is not implemented yet; use Exec",
-        ))
+        })
     }
 }
 
+/// `started`, then the runner's events; a session's input errors end it with
+/// their status. When tonic drops this stream (client gone), the runner sees
+/// its channel close and kills the group.
+fn event_stream(execution: Execution, errors: Option<mpsc::Receiver<Status>>) -> EventStream {
+    let started = ExecResponse {
+        event: Some(exec_response::Event::Started(Started {
+            pid: execution.pid,
+            exec_id: execution.exec_id,
+        })),
+    };
+    let events = ReceiverStream::new(execution.events).map(|event| Ok(response_from(event)));
+    match errors {
+        None => Box::pin(tokio_stream::once(Ok(started)).chain(events)),
+        Some(errors) => {
+            let errors = ReceiverStream::new(errors).map(Err);
+            Box::pin(tokio_stream::once(Ok(started)).chain(events.merge(errors)))
+        }
+    }
+}
+
+/// Applies a session's client messages to the running exec until it ends.
+/// A client half-close is EOF on stdin, like `stdin_eof`.
+async fn forward_input(
+    mut inbound: Streaming<SessionRequest>,
+    input: ExecInput,
+    initial_stdin: bytes::Bytes,
+    errors: mpsc::Sender<Status>,
+) {
+    if !initial_stdin.is_empty() {
+        tokio::select! {
+            _ = input.write(initial_stdin) => {}
+            () = input.finished() => return,
+        }
+    }
+    loop {
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            () = input.finished() => return,
+        };
+        let event = match message {
+            Ok(Some(request)) => request.event,
+            Ok(None) => {
+                input.close().await;
+                return;
+            }
+            // The client is gone; the response side notices and cancels.
+            Err(_) => return,
+        };
+        match event {
+            Some(session_request::Event::Stdin(bytes)) if !bytes.is_empty() => {
+                tokio::select! {
+                    _ = input.write(bytes) => {}
+                    () = input.finished() => return,
+                }
+            }
+            Some(session_request::Event::StdinEof(true)) => input.close().await,
+            Some(session_request::Event::Signal(name)) => match rexec::signals::number(&name) {
+                Some(signal) => input.signal(signal),
+                None => {
+                    let _ = errors
+                        .send(Status::invalid_argument(format!("unknown signal {name:?}")))
+                        .await;
+                    return;
+                }
+            },
+            Some(session_request::Event::Resize(size)) => {
+                input.resize(clamp_u16(size.rows), clamp_u16(size.cols))
+            }
+            Some(session_request::Event::Start(_)) => {
+                let _ = errors
+                    .send(Status::invalid_argument(
+                        "start may only be the first session message",
+                    ))
+                    .await;
+                return;
+            }
+            Some(session_request::Event::Stdin(_) | session_request::Event::StdinEof(false))
+            | None => {}
+        }
+    }
+}
+
+fn clamp_u16(value: u32) -> u16 {
+    value.clamp(1, u16::MAX.into()) as u16
+}
+
 /// Turns the wire request into a runner spec; shape errors are INVALID_ARGUMENT.
-pub fn spec_from_request(request: ExecRequest) -> Result<ExecSpec, Status> {
+/// A tty session without a command runs the login shell, as `ssh host` does.
+pub fn spec_from_request(request: ExecRequest, session: bool) -> Result<ExecSpec, Status> {
     let program = match (request.command.is_empty(), request.argv.is_empty()) {
         (false, true) => Program::Shell(request.command),
         (true, false) => Program::Argv(request.argv),
@@ -80,19 +188,36 @@ pub fn spec_from_request(request: ExecRequest) -> Result<ExecSpec, Status> {
                 "set either command or argv, not both",
             ));
         }
+        (true, true) if session && request.tty => Program::LoginShell,
         (true, true) => return Err(Status::invalid_argument("set one of command or argv")),
     };
-    if request.tty {
-        return Err(Status::unimplemented("tty is not supported yet"));
-    }
+    let tty = request.tty.then(|| {
+        let size = request.tty_size.unwrap_or_default();
+        let rows = if size.rows == 0 {
+            24
+        } else {
+            clamp_u16(size.rows)
+        };
+        let cols = if size.cols == 0 {
+            80
+        } else {
+            clamp_u16(size.cols)
+        };
+        (rows, cols)
+    });
     let mut env: Vec<(String, String)> = request.env.into_iter().collect();
     env.sort();
     Ok(ExecSpec {
         program,
         env,
         cwd: (!request.cwd.is_empty()).then(|| PathBuf::from(request.cwd)),
-        stdin: (!request.stdin.is_empty()).then_some(request.stdin),
+        stdin: if request.stdin.is_empty() {
+            StdinMode::Empty
+        } else {
+            StdinMode::Bytes(request.stdin)
+        },
         timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
+        tty,
     })
 }
 

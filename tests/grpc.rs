@@ -220,20 +220,6 @@ async fn stdin_bytes_are_fed_then_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_answers_unimplemented_until_built() {
-    let daemon = Daemon::start();
-    let mut client = client(&daemon).await;
-    let start = rexec::SessionRequest {
-        event: Some(rexec::session_request::Event::Start(shell("true"))),
-    };
-    let status = client
-        .session(tokio_stream::iter(vec![start]))
-        .await
-        .expect_err("session");
-    assert_eq!(status.code(), Code::Unimplemented);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_serving() {
     let daemon = Daemon::start();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.addr))

@@ -1,0 +1,158 @@
+//! One-shot commands as a `Session`: local stdin streamed as it is read, EOF
+//! forwarded, Ctrl-C sent as INT, and with `-t` a remote terminal driven in raw mode.
+
+use std::io::{IsTerminal, Read};
+use std::time::{Duration, Instant};
+
+use rexec::client::{Client, Command, Event, ExitStatus, SessionInput};
+use tokio::sync::mpsc;
+
+use crate::exec::Failure;
+use crate::output::Output;
+
+/// Bytes read from local stdin at a time.
+const STDIN_CHUNK: usize = 64 * 1024;
+/// A second Ctrl-C within this window cancels the call instead of signalling.
+const DOUBLE_INTERRUPT: Duration = Duration::from_secs(2);
+
+pub struct SessionOptions {
+    /// Stream local stdin; otherwise the command's stdin is closed at once.
+    pub stream_stdin: bool,
+    /// Ask for a remote pseudo-terminal (and put ours in raw mode).
+    pub tty: bool,
+}
+
+pub async fn run(
+    client: &mut Client,
+    mut command: Command,
+    options: SessionOptions,
+    output: &mut Output,
+) -> Result<ExitStatus, Failure> {
+    let local_tty = options.tty && std::io::stdin().is_terminal();
+    if options.tty {
+        let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
+        command = command.tty(rows, cols);
+        if let Ok(term) = std::env::var("TERM") {
+            command = command.env("TERM", term);
+        }
+    }
+    // Raw mode lasts exactly as long as this guard, whatever way we leave.
+    let _raw = if local_tty {
+        Some(RawMode::enable()?)
+    } else {
+        None
+    };
+    output.reset();
+    let (input, mut events) = client.session(command).await?;
+    if options.stream_stdin {
+        tokio::spawn(forward_stdin(input.clone()));
+    } else {
+        input.close_stdin().await?;
+    }
+    #[cfg(unix)]
+    if local_tty {
+        tokio::spawn(forward_resizes(input.clone()));
+    }
+
+    let mut last_interrupt: Option<Instant> = None;
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event?,
+            _ = tokio::signal::ctrl_c() => {
+                if last_interrupt.is_some_and(|t| t.elapsed() < DOUBLE_INTERRUPT) {
+                    // Dropping the session cancels it; the server kills the group.
+                    return Err(Failure::rexec("interrupted; remote command cancelled"));
+                }
+                last_interrupt = Some(Instant::now());
+                let _ = input.signal("INT").await;
+                continue;
+            }
+        };
+        let written = match event {
+            Some(Event::Stdout(bytes)) => output.stdout(&bytes),
+            Some(Event::Stderr(bytes)) => output.stderr(&bytes),
+            Some(Event::Exit(status)) => {
+                output
+                    .finish()
+                    .map_err(|e| Failure::rexec(format!("cannot write output: {e}")))?;
+                return Ok(status);
+            }
+            Some(Event::Started { .. }) => Ok(()),
+            None => return Err(Failure::rexec("no exit status")),
+        };
+        if let Err(e) = written {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Err(Failure {
+                    message: None,
+                    code: 128 + 13,
+                });
+            }
+            return Err(Failure::rexec(format!("cannot write output: {e}")));
+        }
+    }
+}
+
+/// Reads local stdin on its own thread (a blocking read cannot be cancelled;
+/// the thread ends with the process) and streams it, then sends EOF.
+async fn forward_stdin(input: SessionInput) {
+    let (chunks_tx, mut chunks) = mpsc::channel::<Vec<u8>>(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; STDIN_CHUNK];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if chunks_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    });
+    while let Some(chunk) = chunks.recv().await {
+        if input.stdin(chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = input.close_stdin().await;
+}
+
+#[cfg(unix)]
+async fn forward_resizes(input: SessionInput) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut winch) = signal(SignalKind::window_change()) else {
+        return;
+    };
+    while winch.recv().await.is_some() {
+        if let Ok((cols, rows)) = crossterm::terminal::size()
+            && input.resize(rows, cols).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The local terminal in raw mode; restored on drop and on panic.
+struct RawMode;
+
+impl RawMode {
+    fn enable() -> Result<Self, Failure> {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = crossterm::terminal::disable_raw_mode();
+            previous(info);
+        }));
+        crossterm::terminal::enable_raw_mode()
+            .map_err(|e| Failure::rexec(format!("cannot put the terminal in raw mode: {e}")))?;
+        Ok(RawMode)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
