@@ -206,7 +206,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // grpcurl 1.8 only speaks v1alpha.
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    tokio::spawn(shutdown.clone().watch_signals(args.shutdown_grace));
+    tokio::spawn(shutdown.clone().watch_signals(args.shutdown_grace)?);
     let stop_accepting = {
         let shutdown = shutdown.clone();
         let health = health.clone();

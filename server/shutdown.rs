@@ -46,26 +46,29 @@ impl Shutdown {
         self.execs.wait().await
     }
 
-    /// Waits for SIGINT/SIGTERM, starts draining, then fires `kill_all` after
-    /// `grace` (or at once on a second signal).
-    pub async fn watch_signals(self, grace: Duration) -> std::io::Result<()> {
+    /// Installs the SIGINT/SIGTERM handlers now (before the readiness line, so
+    /// an early signal drains instead of killing the daemon outright) and
+    /// returns the task that waits for them: draining at the first, `kill_all`
+    /// after `grace` or at once on a second.
+    pub fn watch_signals(self, grace: Duration) -> std::io::Result<impl Future<Output = ()>> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!(
-            grace_ms = grace.as_millis() as u64,
-            "shutdown signal: draining"
-        );
-        self.draining.cancel();
-        tokio::select! {
-            () = tokio::time::sleep(grace) => tracing::info!("shutdown grace over: killing running execs"),
-            _ = interrupt.recv() => tracing::info!("second signal: killing running execs"),
-            _ = terminate.recv() => tracing::info!("second signal: killing running execs"),
-        }
-        self.kill_all.cancel();
-        Ok(())
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown signal: draining"
+            );
+            self.draining.cancel();
+            tokio::select! {
+                () = tokio::time::sleep(grace) => tracing::info!("shutdown grace over: killing running execs"),
+                _ = interrupt.recv() => tracing::info!("second signal: killing running execs"),
+                _ = terminate.recv() => tracing::info!("second signal: killing running execs"),
+            }
+            self.kill_all.cancel();
+        })
     }
 }
