@@ -30,9 +30,15 @@ impl Daemon {
 
     /// Starts rexecd with extra flags; `--listen 127.0.0.1:0` unless given.
     pub fn start_with(args: &[&str]) -> Daemon {
+        Daemon::start_configured(args, |_| {})
+    }
+
+    /// Like `start_with`, letting the test adjust the command (limits, env).
+    pub fn start_configured(args: &[&str], configure: impl FnOnce(&mut Command)) -> Daemon {
         let dir = scratch_dir("daemon");
         let log = dir.join("rexecd.log");
         let mut command = Command::new(REXECD);
+        configure(&mut command);
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
