@@ -1,0 +1,147 @@
+//! The host list: `-H` values and `--hosts-file` lines, each kept as the user
+//! wrote it (that is the prefix) beside the address to dial.
+
+use std::path::Path;
+
+/// rexecd's port when a host names none.
+pub const DEFAULT_PORT: u16 = 50051;
+
+/// One host of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Exactly as written on the command line or in the file: the output prefix.
+    pub name: String,
+    /// What `Client::connect` dials: `host:port`, `[v6]:port` or `http://host:port`.
+    pub addr: String,
+}
+
+impl Host {
+    pub fn parse(text: &str) -> Result<Host, String> {
+        let name = text.trim();
+        if name.is_empty() {
+            return Err("empty host name".into());
+        }
+        if name.chars().any(char::is_whitespace) {
+            return Err(format!("invalid host '{name}': contains whitespace"));
+        }
+        Ok(Host {
+            name: name.to_string(),
+            addr: with_default_port(name),
+        })
+    }
+}
+
+/// Adds `:50051` to an address that names no port: `web1`, `http://web1`,
+/// `[::1]`, or a bare IPv6 address (which also gets its brackets).
+fn with_default_port(name: &str) -> String {
+    let (scheme, rest) = match name.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, name),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = if let Some(bracketed) = authority.strip_prefix('[') {
+        match bracketed.split_once(']') {
+            Some((_, "")) => format!("{authority}:{DEFAULT_PORT}"),
+            _ => authority.to_string(),
+        }
+    } else {
+        match authority.matches(':').count() {
+            0 => format!("{authority}:{DEFAULT_PORT}"),
+            1 => authority.to_string(),
+            _ => format!("[{authority}]:{DEFAULT_PORT}"),
+        }
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{path}"),
+        None => format!("{authority}{path}"),
+    }
+}
+
+/// Hosts from a file: one `host[:port]` or URL per line; `#` starts a comment;
+/// blank lines are skipped. Errors name the file (and the line).
+pub fn read_hosts_file(path: &Path) -> Result<Vec<Host>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read hosts file {}: {e}", path.display()))?;
+    parse_hosts_text(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn parse_hosts_text(text: &str) -> Result<Vec<Host>, String> {
+    let mut hosts = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line
+            .split_once('#')
+            .map_or(line, |(before, _)| before)
+            .trim();
+        if line.is_empty() {
+            continue;
+        }
+        hosts.push(Host::parse(line).map_err(|e| format!("line {}: {e}", number + 1))?);
+    }
+    Ok(hosts)
+}
+
+/// Keeps the first of hosts that dial the same address (`web1` and
+/// `web1:50051` are one host): the command runs once per machine.
+pub fn dedup(hosts: Vec<Host>) -> Vec<Host> {
+    let mut seen = std::collections::HashSet::new();
+    hosts
+        .into_iter()
+        .filter(|host| seen.insert(host.addr.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> String {
+        Host::parse(text).unwrap().addr
+    }
+
+    #[test]
+    fn a_host_without_port_gets_the_default_port() {
+        assert_eq!(addr("web1"), "web1:50051");
+        assert_eq!(addr("web1:7"), "web1:7");
+        assert_eq!(addr("10.0.0.1"), "10.0.0.1:50051");
+        assert_eq!(addr("[::1]"), "[::1]:50051");
+        assert_eq!(addr("[::1]:7"), "[::1]:7");
+        assert_eq!(addr("::1"), "[::1]:50051");
+        assert_eq!(addr("http://web1"), "http://web1:50051");
+        assert_eq!(addr("http://web1:7"), "http://web1:7");
+        assert_eq!(addr("http://web1/"), "http://web1:50051/");
+    }
+
+    #[test]
+    fn the_name_is_kept_as_written() {
+        let host = Host::parse(" web1 ").unwrap();
+        assert_eq!(host.name, "web1");
+        assert!(Host::parse("").is_err());
+        assert!(Host::parse("a b").is_err());
+    }
+
+    #[test]
+    fn hosts_file_skips_comments_and_blank_lines() {
+        let text = "# fleet\n\nweb1\n  web2:7   # second\n\t\nhttp://web3\n";
+        let names: Vec<_> = parse_hosts_text(text)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        assert_eq!(names, ["web1", "web2:7", "http://web3"]);
+        let error = parse_hosts_text("web1\nweb 2\n").unwrap_err();
+        assert!(error.starts_with("line 2:"), "{error}");
+    }
+
+    #[test]
+    fn duplicates_dialing_the_same_address_run_once() {
+        let hosts = ["web1", "web1:50051", "web2", "web1"]
+            .iter()
+            .map(|h| Host::parse(h).unwrap())
+            .collect();
+        let names: Vec<_> = dedup(hosts).into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["web1", "web2"]);
+    }
+}
