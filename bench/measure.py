@@ -153,7 +153,7 @@ def table(path):
             continue
         ssh = medians.get((figure, 'ssh'))
         relay_value = medians.get((figure, 'relay'))
-        floor = medians.get((figure, 'local'))
+        floor = next((medians[(figure, s)] for s in systems if s.startswith('local')), None)
 
         def ratio(value, reference):
             if reference is None or reference == 0 or value == 0:
