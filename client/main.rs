@@ -1,7 +1,9 @@
 //! `rexec`: run a command on a remote rexecd and get its output and exit code,
 //! as `ssh host command` does.
 
+mod bench;
 mod exec;
+mod fanout;
 mod legacy;
 mod output;
 mod repl;
@@ -82,6 +84,29 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::duration::parse)]
     connect_timeout: Duration,
 
+    /// Read the bearer token for `rexecd --tokens-file` from FILE (just the
+    /// token). Without it, $REXEC_TOKEN is used when set.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+
+    /// CA certificate (PEM) that signed the server's certificate; implies
+    /// TLS. Without it, an https:// server needs a certificate the system trusts.
+    #[arg(long, value_name = "FILE", env = "REXEC_CA")]
+    ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for servers that require mTLS; needs --key.
+    #[arg(long, value_name = "FILE", env = "REXEC_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", env = "REXEC_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+
+    /// Name the server's certificate must carry, when --addr is an IP or
+    /// another name.
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+
     /// The remote command.
     #[arg(
         trailing_var_arg = true,
@@ -89,6 +114,9 @@ struct Cli {
         value_name = "WORDS"
     )]
     words: Vec<String>,
+
+    #[command(flatten)]
+    fleet: fanout::FleetArgs,
 
     #[command(subcommand)]
     tool: Option<Tool>,
@@ -103,6 +131,9 @@ enum Tool {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Run a command many times over shared connections and report execs/s,
+    /// MB/s and latency: `rexec bench -c 64 -n 10000 -- true`.
+    Bench(bench::BenchArgs),
 }
 
 /// Writes a completion script to stdout; an error (a closed pipe) is a failure, not a panic.
@@ -122,10 +153,50 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The connection settings every gRPC mode uses (one-shot, REPL, fan-out):
+/// timeout, token and TLS files, read once here.
+fn client_options(cli: &Cli) -> Result<ClientOptions, Failure> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Failure::rexec(format!("cannot read {flag} {}: {e}", path.display())))
+    };
+    let token = match &cli.token_file {
+        Some(path) => {
+            let text = String::from_utf8(read("--token-file", path)?).map_err(|_| {
+                Failure::rexec(format!("--token-file {} is not text", path.display()))
+            })?;
+            Some(text)
+        }
+        None => std::env::var("REXEC_TOKEN").ok(),
+    };
+    let token = token.map(|t| t.trim().to_string());
+    if token
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.contains(char::is_whitespace))
+    {
+        return Err(Failure::rexec(
+            "the token (--token-file or REXEC_TOKEN) must be one word, without NAME",
+        ));
+    }
+    let identity_pem = match (&cli.cert, &cli.key) {
+        (Some(cert), Some(key)) => Some((read("--cert", cert)?, read("--key", key)?)),
+        _ => None,
+    };
+    Ok(ClientOptions {
+        connect_timeout: cli.connect_timeout,
+        token,
+        ca_pem: cli.ca.as_deref().map(|ca| read("--ca", ca)).transpose()?,
+        identity_pem,
+        tls_server_name: cli.tls_server_name.clone(),
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Tool::Completions { shell }) = cli.tool {
-        return print_completions(shell);
+    match cli.tool {
+        Some(Tool::Completions { shell }) => return print_completions(shell),
+        Some(Tool::Bench(args)) => return bench::main(args),
+        None => {}
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -155,10 +226,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     if cli.legacy {
         return legacy::run(&cli, &mut output).await;
     }
-    let options = ClientOptions {
-        connect_timeout: cli.connect_timeout,
-    };
-    let mut client = Client::connect(&cli.addr, &options).await?;
+    let options = client_options(&cli)?;
     let mut command = if cli.no_shell {
         Command::argv(cli.words.iter().cloned())
     } else {
@@ -173,6 +241,10 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     if let Some(timeout) = cli.timeout {
         command = command.timeout(timeout);
     }
+    if cli.fleet.wanted() {
+        return fanout::run(&cli, &options, command).await;
+    }
+    let mut client = Client::connect(&cli.addr, &options).await?;
     if cli.words.is_empty() && !cli.tty {
         return Ok(repl::run(repl::Remote::Grpc(&mut client), command, &mut output).await);
     }

@@ -48,6 +48,20 @@ impl Audit {
         }
     }
 
+    /// `--audit-log FILE`: appended to (log rotation by copytruncate keeps
+    /// working), created readable by its owner only.
+    pub fn file(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Audit {
+            sink: Arc::new(Mutex::new(Box::new(file))),
+        })
+    }
+
     pub fn exec_finished(&self, record: &AuditRecord, report: &ExitReport, client_gone: bool) {
         let time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -81,8 +95,9 @@ impl Audit {
         text.push('\n');
         if let Ok(mut sink) = self.sink.lock() {
             // One write per line so concurrent execs never interleave inside a line.
-            let _ = sink.write_all(text.as_bytes());
-            let _ = sink.flush();
+            if let Err(e) = sink.write_all(text.as_bytes()).and_then(|()| sink.flush()) {
+                tracing::error!("cannot write the audit line: {e}");
+            }
         }
     }
 }

@@ -383,6 +383,8 @@ impl OutputBuffer {
                 signal,
                 timed_out: Some(report.timed_out),
                 duration_ms: Some(report.duration.as_millis() as u64),
+                // The runner's --max-output may cut before our own cap does.
+                truncated: Some(report.truncated),
                 ..Default::default()
             },
             exec_id,
@@ -404,7 +406,7 @@ impl OutputBuffer {
     }
 
     fn into_response(self, mut header: ResponseHeader, exec_id: &str) -> Response {
-        header.truncated = Some(self.discarded > 0);
+        header.truncated = Some(self.discarded > 0 || header.truncated == Some(true));
         header.exec_id = Some(exec_id.to_string());
         Response {
             header,

@@ -2,11 +2,16 @@
 //! health and reflection. See DESIGN.md for the contract.
 
 mod audit;
+mod auth;
 mod config;
+mod incoming;
 mod legacy;
+mod limits;
+mod run_as;
 mod runner;
 mod service;
 mod shutdown;
+mod tls;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -15,16 +20,15 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use rexec::proto::remote_exec_server::RemoteExecServer;
+use tonic::codegen::InterceptedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::audit::Audit;
+use crate::auth::{Authenticator, Tokens};
+use crate::run_as::RunAs;
 use crate::runner::{Runner, RunnerConfig};
 use crate::service::ExecService;
 use crate::shutdown::Shutdown;
-
-/// Largest request message accepted (`ExecRequest.stdin` travels inside it).
-const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 /// rexecd: run commands for remote clients and stream their output back.
 #[derive(Debug, Parser)]
@@ -39,6 +43,54 @@ struct Args {
     /// reach the port can run commands as this user.
     #[arg(long)]
     insecure_no_auth: bool,
+
+    /// Require `authorization: Bearer TOKEN` on every call. FILE has lines of
+    /// NAME TOKEN (NAME is the principal in the audit log; `#` comments and
+    /// blank lines are allowed) and must not be accessible by group or others.
+    #[arg(long, value_name = "FILE")]
+    tokens_file: Option<PathBuf>,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require a client certificate signed by this CA (PEM) on every
+    /// connection (mTLS); its subject CN, else its first SAN, is the principal.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Commands running at once, both listeners together; more get
+    /// RESOURCE_EXHAUSTED at once.
+    #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent: u32,
+
+    /// Largest gRPC request message: an Exec request with its stdin, or one
+    /// session message. Larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = legacy::parse_size)]
+    max_request_size: usize,
+
+    /// Output (stdout and stderr together) one command may send; past it the
+    /// rest is dropped, its process group is killed and `exit.truncated` is
+    /// true. 0 means no limit.
+    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = legacy::parse_size)]
+    max_output: usize,
+
+    /// gRPC connections open at once; more are closed as they arrive.
+    #[arg(long, value_name = "N", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+
+    /// Append audit lines (one JSON object per command) to FILE instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+
+    /// When started as root, run every command as USER: its uid, gid and
+    /// groups, with HOME, USER and LOGNAME set and HOME as the default cwd.
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
 
     /// Shell that runs `command` requests as `SHELL -c COMMAND`.
     #[arg(long, default_value = "/bin/sh")]
@@ -121,13 +173,26 @@ fn main() -> std::process::ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    if !args.listen.ip().is_loopback() && !args.insecure_no_auth {
+    let security = match Security::from_args(&args) {
+        Ok(security) => security,
+        Err(message) => {
+            eprintln!("rexecd: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if !args.listen.ip().is_loopback() && !args.insecure_no_auth && !security.auth.is_enabled() {
         eprintln!(
             "rexecd: refusing to listen on non-loopback {} without authentication; \
-             listen on 127.0.0.1, or pass --insecure-no-auth",
+             pass --tokens-file FILE, or --tls-client-ca FILE with --tls-cert/--tls-key (mTLS), \
+             or listen on 127.0.0.1, or pass --insecure-no-auth",
             args.listen
         );
         return std::process::ExitCode::from(2);
+    }
+    if !args.listen.ip().is_loopback() && args.tokens_file.is_some() && security.tls.is_none() {
+        tracing::warn!(
+            "bearer tokens will cross the network in clear text: add --tls-cert and --tls-key"
+        );
     }
     if let Some(addr) = args.legacy_listen
         && !addr.ip().is_loopback()
@@ -149,7 +214,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, security)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rexecd: {e}");
@@ -158,13 +223,54 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Credentials, TLS, audit sink and run-as user, all read and checked before
+/// the runtime starts: a bad file stops rexecd with exit 2 and a message.
+struct Security {
+    auth: Authenticator,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    audit: Audit,
+    run_as: Option<RunAs>,
+}
+
+impl Security {
+    fn from_args(args: &Args) -> Result<Security, String> {
+        let tokens = match &args.tokens_file {
+            Some(path) => {
+                let tokens = Tokens::load(path).map_err(|e| format!("--tokens-file: {e}"))?;
+                tracing::info!(names = tokens.count(), "bearer tokens loaded");
+                Some(tokens)
+            }
+            None => None,
+        };
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(
+                cert,
+                key,
+                args.tls_client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
+        let audit = match &args.audit_log {
+            Some(path) => Audit::file(path)
+                .map_err(|e| format!("cannot open --audit-log {}: {e}", path.display()))?,
+            None => Audit::stderr(),
+        };
+        let run_as = args.run_as.as_deref().map(RunAs::lookup).transpose()?;
+        Ok(Security {
+            auth: Authenticator::new(tokens, args.tls_client_ca.is_some()),
+            tls,
+            audit,
+            run_as,
+        })
+    }
+}
+
+async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let grpc_addr = listener.local_addr()?;
-    // Set on the incoming stream: Server::tcp_nodelay does not reach a listener we bound.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = incoming::accept_with_backoff(listener);
 
     let shutdown = Shutdown::default();
     let runner = Runner::new(
@@ -173,8 +279,11 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             default_timeout: (!args.default_timeout.is_zero()).then_some(args.default_timeout),
             kill_grace: args.kill_grace,
             linger: args.linger,
+            max_concurrent: args.max_concurrent as usize,
+            max_output_bytes: (args.max_output > 0).then_some(args.max_output as u64),
+            run_as: security.run_as,
         },
-        Audit::stderr(),
+        security.audit,
         &shutdown,
     );
     let legacy = match args.legacy_listen {
@@ -192,8 +301,16 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
-    let exec_service = RemoteExecServer::new(ExecService::new(runner, shutdown.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    // Credentials are checked from the headers, before a request body is read.
+    let exec_service = limits::RequestSizeStatus::new(InterceptedService::new(
+        RemoteExecServer::new(ExecService::new(runner, shutdown.clone()))
+            .max_decoding_message_size(args.max_request_size),
+        security.auth,
+    ));
+    let mut server_builder = Server::builder();
+    if let Some(tls) = security.tls {
+        server_builder = server_builder.tls_config(tls)?;
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RemoteExecServer<ExecService>>().await;
@@ -218,6 +335,12 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
+            // Keep accepting while execs run, so health checks see NOT_SERVING
+            // and new execs get UNAVAILABLE rather than a refused connection.
+            tokio::select! {
+                () = shutdown.execs_finished() => {}
+                () = shutdown.killing() => {}
+            }
         }
     };
 
@@ -235,12 +358,15 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(%grpc_addr, "rexecd ready");
     let legacy = legacy.map(|listener| tokio::spawn(listener.run()));
 
-    let server = Server::builder()
+    let server = server_builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(exec_service)
-        .serve_with_incoming_shutdown(incoming, stop_accepting);
+        .serve_with_incoming_shutdown(
+            limits::limit_connections(incoming, args.max_connections as usize),
+            stop_accepting,
+        );
     // A client that never answers GOAWAY must not keep the daemon alive: once
     // execs are being killed, connections get the kill grace and a second more.
     let connections_deadline = async {

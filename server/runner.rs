@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{Audit, AuditRecord};
+use crate::limits::{ExecSlots, OutputBudget};
+use crate::run_as::RunAs;
 use crate::shutdown::Shutdown;
 
 /// Bytes asked of a pipe per read; one chunk on the wire. 64 KiB is the default
@@ -176,6 +178,12 @@ pub struct RunnerConfig {
     pub default_timeout: Option<Duration>,
     pub kill_grace: Duration,
     pub linger: Duration,
+    /// Execs running at once (`--max-concurrent`).
+    pub max_concurrent: usize,
+    /// Stdout and stderr bytes one exec may send (`--max-output`); `None`: no limit.
+    pub max_output_bytes: Option<u64>,
+    /// Children run as this user (`--run-as`); `None`: as rexecd.
+    pub run_as: Option<RunAs>,
 }
 
 pub struct Runner {
@@ -186,6 +194,7 @@ pub struct Runner {
     supervisors: TaskTracker,
     next_exec: AtomicU64,
     id_prefix: String,
+    slots: ExecSlots,
 }
 
 impl Runner {
@@ -194,6 +203,7 @@ impl Runner {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Arc::new(Runner {
+            slots: ExecSlots::new(config.max_concurrent),
             config,
             audit,
             kill_all: shutdown.kill_all_token(),
@@ -206,10 +216,12 @@ impl Runner {
     /// Validates `spec`, spawns it in its own process group and starts streaming.
     /// Nothing runs unless this returns `Ok`.
     pub fn start(&self, spec: ExecSpec, caller: Caller) -> Result<Execution, RunError> {
+        let slot = self.slots.try_acquire()?;
         let (program, args) = self.resolve(&spec)?;
+        let run_as = self.config.run_as.as_ref();
         let spawned = match spec.tty {
-            None => spawn_with_pipes(&program, &args, &spec),
-            Some(size) => spawn_with_pty(&program, &args, &spec, size),
+            None => spawn_with_pipes(&program, &args, &spec, run_as),
+            Some(size) => spawn_with_pty(&program, &args, &spec, size, run_as),
         }
         .map_err(|e| spawn_error(&program, e))?;
         let Spawned {
@@ -265,6 +277,8 @@ impl Runner {
             audit: self.audit.clone(),
             record: AuditRecord::new(&exec_id, &caller, &spec, pid),
             done,
+            budget: OutputBudget::new(self.config.max_output_bytes),
+            _slot: slot,
         };
         self.supervisors.spawn(supervisor.run(stdout, stderr));
         Ok(Execution {
@@ -277,6 +291,12 @@ impl Runner {
 
     /// Checks the request and turns it into program + arguments.
     fn resolve(&self, spec: &ExecSpec) -> Result<(PathBuf, Vec<String>), RunError> {
+        let (program, args) = self.resolve_program(spec)?;
+        crate::limits::check_exec_size(&args, &spec.env)?;
+        Ok((program, args))
+    }
+
+    fn resolve_program(&self, spec: &ExecSpec) -> Result<(PathBuf, Vec<String>), RunError> {
         for (name, value) in &spec.env {
             if name.is_empty() || name.contains(['=', '\0']) {
                 return Err(RunError::InvalidArgument(format!(
@@ -304,7 +324,13 @@ impl Runner {
                     vec!["-c".into(), command.clone()],
                 ))
             }
-            Program::LoginShell => Ok((login_shell(), Vec::new())),
+            Program::LoginShell => Ok((
+                self.config
+                    .run_as
+                    .as_ref()
+                    .map_or_else(login_shell, |user| user.shell.clone()),
+                Vec::new(),
+            )),
             Program::Argv(argv) => {
                 if argv.iter().any(|a| a.contains('\0')) {
                     return Err(RunError::InvalidArgument("argv contains a NUL byte".into()));
@@ -383,6 +409,7 @@ fn spawn_error(program: &Path, e: std::io::Error) -> RunError {
         {
             RunError::ResourceExhausted(what)
         }
+        _ if e.raw_os_error() == Some(libc::E2BIG) => RunError::InvalidArgument(what),
         _ => RunError::Internal(what),
     }
 }
@@ -402,8 +429,20 @@ struct Spawned {
     stdin: Option<StdinSink>,
 }
 
-fn spawn_with_pipes(program: &Path, args: &[String], spec: &ExecSpec) -> std::io::Result<Spawned> {
+fn spawn_with_pipes(
+    program: &Path,
+    args: &[String],
+    spec: &ExecSpec,
+    run_as: Option<&RunAs>,
+) -> std::io::Result<Spawned> {
     let mut command = Command::new(program);
+    if let Some(user) = run_as {
+        command.envs(user.env()).current_dir(user.default_cwd());
+        // SAFETY: the closure makes only async-signal-safe syscalls.
+        unsafe {
+            command.pre_exec(user.switch_in_child());
+        }
+    }
     command
         .args(args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -445,6 +484,7 @@ fn spawn_with_pty(
     args: &[String],
     spec: &ExecSpec,
     (rows, cols): (u16, u16),
+    run_as: Option<&RunAs>,
 ) -> std::io::Result<Spawned> {
     use std::os::fd::AsRawFd;
     let (pty, pts) = pty_process::open().map_err(std::io::Error::other)?;
@@ -453,6 +493,12 @@ fn spawn_with_pty(
     let mut command = pty_process::Command::new(program).args(args);
     if !spec.env.iter().any(|(k, _)| k == "TERM") {
         command = command.env("TERM", "xterm-256color");
+    }
+    if let Some(user) = run_as {
+        command = command.envs(user.env()).current_dir(user.default_cwd());
+        // SAFETY: the closure makes only async-signal-safe syscalls; it runs
+        // after pty-process makes the child a session leader.
+        command = unsafe { command.pre_exec(user.switch_in_child()) };
     }
     command = command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(cwd) = &spec.cwd {
@@ -591,6 +637,7 @@ enum Interruption {
     TimedOut,
     ClientGone,
     Shutdown,
+    OutputLimit,
 }
 
 /// Owns one child from spawn to reap.
@@ -606,6 +653,10 @@ struct Supervisor {
     record: AuditRecord,
     /// Fired once the exit is queued: the stdin feeder and signals stop.
     done: CancellationToken,
+    /// `--max-output`: past it, output is dropped and the group killed.
+    budget: Arc<OutputBudget>,
+    /// One of `--max-concurrent`, released once the exec is reaped.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Supervisor {
@@ -618,12 +669,14 @@ impl Supervisor {
             self.tx.clone(),
             Event::Stdout,
             stop_reading.clone(),
+            self.budget.clone(),
         ));
         let stderr_reader = tokio::spawn(pump(
             stderr,
             self.tx.clone(),
             Event::Stderr,
             stop_reading.clone(),
+            self.budget.clone(),
         ));
 
         let deadline = async {
@@ -637,6 +690,7 @@ impl Supervisor {
             () = deadline => Ok(Interruption::TimedOut),
             () = self.tx.closed() => Ok(Interruption::ClientGone),
             () = self.kill_all.cancelled() => Ok(Interruption::Shutdown),
+            () = self.budget.exceeded() => Ok(Interruption::OutputLimit),
         };
         let (status, interruption) = match interruption {
             Err(status) => (status, None),
@@ -678,7 +732,7 @@ impl Supervisor {
             duration: started.elapsed(),
             stdout_bytes,
             stderr_bytes,
-            truncated: false,
+            truncated: self.budget.is_exceeded(),
         };
         self.audit.exec_finished(
             &self.record,
@@ -732,6 +786,7 @@ async fn pump(
     tx: mpsc::Sender<Event>,
     wrap: fn(Bytes) -> Event,
     stop: CancellationToken,
+    budget: Arc<OutputBudget>,
 ) -> u64 {
     let Some(mut pipe) = pipe else { return 0 };
     let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
@@ -749,11 +804,15 @@ async fn pump(
         match read {
             Ok(0) => break,
             Ok(n) => {
-                total += n as u64;
                 if stop.is_cancelled() {
                     after_stop += n as u64;
                 }
-                if tx.send(wrap(buf.split().freeze())).await.is_err()
+                // Past --max-output the pipe is still drained (the group is
+                // being killed) but nothing more is sent or counted.
+                let mut chunk = buf.split().freeze();
+                chunk.truncate(budget.take(n));
+                total += chunk.len() as u64;
+                if (!chunk.is_empty() && tx.send(wrap(chunk)).await.is_err())
                     || after_stop > DRAIN_AFTER_STOP
                 {
                     break;

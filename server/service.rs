@@ -54,7 +54,8 @@ impl RemoteExec for ExecService {
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
-            .await?
+            .await
+            .map_err(|status| crate::limits::request_too_large(&status).unwrap_or(status))?
             .ok_or_else(|| Status::invalid_argument("session ended before its start message"))?;
         let Some(session_request::Event::Start(start)) = first.event else {
             return Err(Status::invalid_argument(
@@ -85,7 +86,11 @@ impl ExecService {
             peer: request
                 .remote_addr()
                 .map_or_else(|| "unknown".into(), |a| a.to_string()),
-            principal: "anonymous".into(),
+            // Set by the auth interceptor; absent when no credentials are required.
+            principal: request
+                .extensions()
+                .get::<crate::auth::Principal>()
+                .map_or_else(|| "anonymous".into(), |p| p.0.clone()),
             listener: "grpc",
         })
     }
@@ -136,8 +141,15 @@ async fn forward_input(
                 input.close().await;
                 return;
             }
-            // The client is gone; the response side notices and cancels.
-            Err(_) => return,
+            Err(status) => {
+                // A stdin message over --max-request-size ends the session
+                // with its status; any other error means the client is gone,
+                // which the response side notices and cancels.
+                if let Some(status) = crate::limits::request_too_large(&status) {
+                    let _ = errors.send(status).await;
+                }
+                return;
+            }
         };
         match event {
             Some(session_request::Event::Stdin(bytes)) if !bytes.is_empty() => {

@@ -21,7 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::proto::{self, exec_response, remote_exec_client::RemoteExecClient, session_request};
 
@@ -31,17 +32,52 @@ const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 /// Session messages queued before `SessionInput` calls wait (backpressure).
 const SESSION_QUEUE: usize = 16;
 
-/// How to reach a server.
-#[derive(Debug, Clone)]
+/// How to reach a server. Build it with `..ClientOptions::default()` so new
+/// fields do not break callers.
+#[derive(Clone)]
 pub struct ClientOptions {
     pub connect_timeout: Duration,
+    /// Sent as `authorization: Bearer TOKEN` with every call (`rexecd --tokens-file`).
+    pub token: Option<String>,
+    /// PEM CA certificate(s) that signed the server's certificate; without
+    /// it an https:// server must have a certificate the system trusts.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate chain and private key, for servers that require mTLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the server's certificate must carry, when it is not the
+    /// address's host (e.g. connecting by IP to a certificate for a name).
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientOptions {
+    /// Whether a TLS setting was given: an address without a scheme then means https.
+    fn wants_tls(&self) -> bool {
+        self.ca_pem.is_some() || self.identity_pem.is_some() || self.tls_server_name.is_some()
+    }
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             connect_timeout: Duration::from_secs(10),
+            token: None,
+            ca_pem: None,
+            identity_pem: None,
+            tls_server_name: None,
         }
+    }
+}
+
+// By hand, so that a token never lands in a log line through `{:?}`.
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("identity_pem", &self.identity_pem.is_some())
+            .field("tls_server_name", &self.tls_server_name)
+            .finish()
     }
 }
 
@@ -255,6 +291,10 @@ impl Events {
                 Some(exec_response::Event::Stderr(bytes)) => Event::Stderr(bytes),
                 Some(exec_response::Event::Exit(exit)) => {
                     self.exited = true;
+                    // Read the stream to its end (the status trailers): a stream
+                    // dropped unfinished is reset, and a connection that resets
+                    // too many gets GOAWAY from the server's HTTP/2 stack.
+                    while self.stream.message().await?.is_some() {}
                     Event::Exit(exit.into())
                 }
                 None => continue,
@@ -315,32 +355,74 @@ impl SessionInput {
 #[derive(Clone)]
 pub struct Client {
     inner: RemoteExecClient<Channel>,
+    /// `Bearer TOKEN`, marked sensitive so it is never logged.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl Client {
-    /// Connects to `host:port`, `[::1]:port` or `http://host:port`.
+    /// Connects to `host:port`, `[::1]:port`, `http://host:port` or
+    /// `https://host:port`. A TLS option in `options` makes a bare `host:port` https.
     pub async fn connect(addr: &str, options: &ClientOptions) -> Result<Client, Error> {
         let connect_error = |reason: String| Error::Connect {
             addr: addr.to_string(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(endpoint_uri(addr).map_err(connect_error)?)
+        let mut uri = endpoint_uri(addr).map_err(connect_error)?;
+        if options.wants_tls() && !addr.contains("://") {
+            uri = uri.replacen("http://", "https://", 1);
+        }
+        let tls = uri.starts_with("https://");
+        if options.wants_tls() && !tls {
+            return Err(connect_error(
+                "TLS options (CA, certificate, server name) need an https:// address".into(),
+            ));
+        }
+        let authorization = match &options.token {
+            Some(token) => {
+                let mut value: MetadataValue<Ascii> =
+                    format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                        connect_error("the token has characters a header cannot carry".into())
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| connect_error(format!("invalid address: {e}")))?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
             .max_frame_size(MAX_FRAME_SIZE);
+        if tls {
+            endpoint = endpoint
+                .tls_config(tls_config(options))
+                .map_err(|e| connect_error(format!("TLS setup failed: {}", root_cause(&e))))?;
+        }
         let channel = endpoint
             .connect()
             .await
             .map_err(|e| connect_error(root_cause(&e)))?;
         Ok(Client {
             inner: RemoteExecClient::new(channel),
+            authorization,
         })
+    }
+
+    /// A request carrying the credentials, if any.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
     }
 
     /// Starts a command; its stdin is `Command::stdin` or empty.
     pub async fn exec(&mut self, command: Command) -> Result<Events, Error> {
-        let stream = self.inner.exec(command.request).await?.into_inner();
+        let request = self.request(command.request);
+        let stream = self.inner.exec(request).await?.into_inner();
         Ok(Events {
             stream,
             exited: false,
@@ -380,11 +462,8 @@ impl Client {
             .send(start)
             .await
             .map_err(|_| Error::Protocol("session closed".into()))?;
-        let stream = self
-            .inner
-            .session(ReceiverStream::new(receiver))
-            .await?
-            .into_inner();
+        let request = self.request(ReceiverStream::new(receiver));
+        let stream = self.inner.session(request).await?.into_inner();
         Ok((
             SessionInput { sender },
             Events {
@@ -395,19 +474,36 @@ impl Client {
     }
 }
 
-/// Accepts `host:port`, `[::1]:port` and `http://host:port`.
+/// Accepts `host:port`, `[::1]:port`, `http://host:port` and `https://host:port`.
 pub fn endpoint_uri(addr: &str) -> Result<String, String> {
     let addr = addr.trim();
     if addr.is_empty() {
         return Err("empty address: use host:port".into());
     }
     match addr.split_once("://") {
-        Some(("http", rest)) if !rest.is_empty() => Ok(addr.to_string()),
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(addr.to_string()),
         Some((scheme, _)) => Err(format!(
-            "unsupported address scheme '{scheme}://': use host:port or http://host:port"
+            "unsupported address scheme '{scheme}://': use host:port, http://host:port or https://host:port"
         )),
         None => Ok(format!("http://{addr}")),
     }
+}
+
+/// rustls settings: the given CA, else the system's roots; the client
+/// identity for mTLS; the server name to check.
+fn tls_config(options: &ClientOptions) -> ClientTlsConfig {
+    let mut config = ClientTlsConfig::new();
+    config = match &options.ca_pem {
+        Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+        None => config.with_native_roots(),
+    };
+    if let Some((cert, key)) = &options.identity_pem {
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    if let Some(name) = &options.tls_server_name {
+        config = config.domain_name(name.clone());
+    }
+    config
 }
 
 /// The innermost error, as "connection refused" rather than a transport chain.
@@ -464,6 +560,7 @@ mod tests {
             "http://127.0.0.1:50051"
         );
         assert_eq!(endpoint_uri("http://h:1").unwrap(), "http://h:1");
+        assert_eq!(endpoint_uri("https://h:1").unwrap(), "https://h:1");
         assert_eq!(endpoint_uri("[::1]:7").unwrap(), "http://[::1]:7");
         assert!(endpoint_uri("ftp://h:1").is_err());
         assert!(endpoint_uri("").is_err());

@@ -1,0 +1,277 @@
+//! Who may run commands: bearer tokens from `--tokens-file` and client
+//! certificates (mTLS). It runs as a tonic interceptor, so a request without
+//! valid credentials is refused from its headers, before its body is read.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+use tonic::{Request, Status};
+
+/// Shortest token accepted: anything shorter is within reach of guessing.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The authenticated name of a caller, left in the request's extensions for
+/// `ExecService::admit` and the audit line.
+#[derive(Debug, Clone)]
+pub struct Principal(pub String);
+
+struct TokenEntry {
+    name: String,
+    token: Vec<u8>,
+}
+
+/// The `NAME TOKEN` lines of a tokens file.
+pub struct Tokens {
+    entries: Vec<TokenEntry>,
+}
+
+impl Tokens {
+    /// Reads a tokens file; refuses one that group or others can access, as
+    /// ssh refuses a private key that others can read.
+    pub fn load(path: &Path) -> Result<Tokens, String> {
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("{shown} is not a regular file"));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{shown} is accessible by group or others (mode {mode:04o}); \
+                 tokens must stay private: chmod 600 {shown}"
+            ));
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        Tokens::parse(&text).map_err(|e| format!("{shown}: {e}"))
+    }
+
+    /// Parses `NAME TOKEN` lines; `#` comments and blank lines are skipped.
+    /// Errors name the line, never its text: it may hold a token.
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let mut entries: Vec<TokenEntry> = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let number = index + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [name, token] = fields[..] else {
+                return Err(format!(
+                    "line {number}: expected NAME TOKEN (two words), found {} words",
+                    fields.len()
+                ));
+            };
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(format!(
+                    "line {number}: the token for {name} is shorter than {MIN_TOKEN_LEN} characters \
+                     (e.g. `openssl rand -hex 32` makes a good one)"
+                ));
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "line {number}: the token for {name} must be printable ASCII (it travels in a header)"
+                ));
+            }
+            if entries.iter().any(|e| e.name == name) {
+                return Err(format!("line {number}: name {name} appears twice"));
+            }
+            if entries.iter().any(|e| e.token == token.as_bytes()) {
+                return Err(format!(
+                    "line {number}: the token for {name} is also another name's token"
+                ));
+            }
+            entries.push(TokenEntry {
+                name: name.to_string(),
+                token: token.as_bytes().to_vec(),
+            });
+        }
+        if entries.is_empty() {
+            return Err("no tokens in the file (expected lines of NAME TOKEN)".into());
+        }
+        Ok(Tokens { entries })
+    }
+
+    /// The name whose token is `presented`. Every entry is compared, each in
+    /// constant time, so timing tells neither which entry matched nor how much.
+    pub fn verify(&self, presented: &[u8]) -> Option<&str> {
+        let mut found = None;
+        for entry in &self.entries {
+            let matched: bool = entry.token.ct_eq(presented).into();
+            if matched {
+                found = Some(entry.name.as_str());
+            }
+        }
+        found
+    }
+
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Checks each request's credentials and records its principal.
+#[derive(Clone)]
+pub struct Authenticator {
+    tokens: Option<Arc<Tokens>>,
+    client_certs: bool,
+}
+
+impl Authenticator {
+    /// `client_certs`: the TLS layer requires a verified client certificate
+    /// (mTLS), whose name is the principal unless a token names one.
+    pub fn new(tokens: Option<Tokens>, client_certs: bool) -> Self {
+        Authenticator {
+            tokens: tokens.map(Arc::new),
+            client_certs,
+        }
+    }
+
+    /// Whether any credential is required (the non-loopback check).
+    pub fn is_enabled(&self) -> bool {
+        self.tokens.is_some() || self.client_certs
+    }
+
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let cert_name = if self.client_certs {
+            Some(certificate_principal(request)?)
+        } else {
+            None
+        };
+        if let Some(tokens) = &self.tokens {
+            let token = bearer_token(request)?;
+            return tokens
+                .verify(token.as_bytes())
+                .map(str::to_string)
+                .ok_or_else(|| Status::unauthenticated("invalid token"));
+        }
+        Ok(cert_name.unwrap_or_else(|| "anonymous".into()))
+    }
+}
+
+impl tonic::service::Interceptor for Authenticator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        match self.authenticate(&request) {
+            Ok(name) => {
+                request.extensions_mut().insert(Principal(name));
+                Ok(request)
+            }
+            Err(status) => {
+                let peer = request
+                    .remote_addr()
+                    .map_or_else(|| "unknown".into(), |a| a.to_string());
+                tracing::warn!(%peer, "refused: {}", status.message());
+                Err(status)
+            }
+        }
+    }
+}
+
+/// The token of `authorization: Bearer TOKEN`.
+fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
+    let missing = || {
+        Status::unauthenticated(
+            "missing credentials: send `authorization: Bearer TOKEN` (rexec --token-file or REXEC_TOKEN)",
+        )
+    };
+    let value = request
+        .metadata()
+        .get("authorization")
+        .ok_or_else(missing)?
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or_else(missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Status::unauthenticated(
+            "unsupported authorization scheme: use Bearer",
+        ));
+    }
+    Ok(token.trim())
+}
+
+/// The name in the verified client certificate: subject CN, else first SAN.
+fn certificate_principal<T>(request: &Request<T>) -> Result<String, Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    principal_from_der(leaf.as_ref()).ok_or_else(|| {
+        Status::permission_denied("the client certificate names no subject CN or SAN")
+    })
+}
+
+/// Subject common name, else the first DNS, email or URI subject alternative name.
+pub fn principal_from_der(der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .find_map(|cn| cn.as_str().ok().filter(|s| !s.is_empty()).map(String::from));
+    if common_name.is_some() {
+        return common_name;
+    }
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::DNSName(n) | GeneralName::RFC822Name(n) | GeneralName::URI(n) => {
+            Some((*n).to_string())
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn tokens_file_skips_comments_and_blank_lines() {
+        let tokens = Tokens::parse(&format!("# ops\n\nalice {A}\n  bob\t{B}  \n")).unwrap();
+        assert_eq!(tokens.count(), 2);
+        assert_eq!(tokens.verify(A.as_bytes()), Some("alice"));
+        assert_eq!(tokens.verify(B.as_bytes()), Some("bob"));
+        assert_eq!(tokens.verify(b"aaaaaaaaaaaaaaaaaaab"), None);
+        assert_eq!(tokens.verify(b""), None);
+        assert_eq!(tokens.verify(&A.as_bytes()[..10]), None);
+    }
+
+    #[test]
+    fn bad_lines_name_the_line_but_not_the_token() {
+        let error = Tokens::parse(&format!("alice {A}\nbob {B} extra\n"))
+            .err()
+            .unwrap();
+        assert!(error.contains("line 2"), "{error}");
+        assert!(!error.contains(B), "{error}");
+        let error = Tokens::parse("carol tiny42\n").err().unwrap();
+        assert!(error.contains("shorter than 16"), "{error}");
+        assert!(!error.contains("tiny42"), "{error}");
+        assert!(Tokens::parse("# nothing\n").is_err());
+        assert!(Tokens::parse(&format!("a {A}\na {B}\n")).is_err());
+        assert!(Tokens::parse(&format!("a {A}\nb {A}\n")).is_err());
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_required() {
+        let mut request = Request::new(());
+        assert_eq!(
+            bearer_token(&request).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        request
+            .metadata_mut()
+            .insert("authorization", format!("bearer {A}").parse().unwrap());
+        assert_eq!(bearer_token(&request).unwrap(), A);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Basic {A}").parse().unwrap());
+        assert!(bearer_token(&request).is_err());
+    }
+}
