@@ -47,7 +47,9 @@ pub async fn run(
     if options.stream_stdin {
         tokio::spawn(forward_stdin(input.clone()));
     } else {
-        input.close_stdin().await?;
+        // The command may already have finished and the session closed: its
+        // exit is still to be read below, so this cannot fail the call.
+        let _ = input.close_stdin().await;
     }
     #[cfg(unix)]
     if local_tty {
