@@ -165,6 +165,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not for journald or a file.
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr must not matter: by default a failed log write is
+        // reported with eprintln!, which panics the task that logged (once,
+        // the shutdown watcher, leaving rexecd deaf to SIGTERM).
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REXEC_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

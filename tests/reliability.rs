@@ -724,3 +724,43 @@ fn legacy_echo(addr: &str) -> bool {
     let mut body = vec![0u8; header["data_size"].as_u64().unwrap_or(0) as usize];
     stream.read_exact(&mut body).is_ok() && body == b"hi\n"
 }
+
+#[test]
+fn closed_stderr_does_not_stop_rexecd_from_serving_or_shutting_down() {
+    let mut child = std::process::Command::new(common::REXECD)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening grpc=")
+        .expect("readiness line")
+        .to_string();
+    // Whoever read our logs went away (`rexecd 2>&1 | head -1`).
+    drop(child.stderr.take());
+    // Logs and audit lines now hit a closed pipe: serving goes on...
+    let out = std::process::Command::new(common::REXEC)
+        .args(["--addr", &addr, "--", "echo still-serving"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"still-serving\n");
+    // ...and SIGTERM still stops it.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exited = eventually(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(exited, "rexecd ignored SIGTERM after its stderr closed");
+}
