@@ -21,6 +21,22 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// A failed write of output. A reader that went away (`rexec -- yes |
+    /// head`) ends rexec as SIGPIPE ends a local command: silently, with 141;
+    /// dropping the stream then cancels the remote command.
+    pub fn output(error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure {
+                message: None,
+                code: 128 + 13,
+            }
+        } else {
+            Failure::rexec(format!("cannot write output: {error}"))
+        }
+    }
+}
+
 impl From<rexec::client::Error> for Failure {
     fn from(error: rexec::client::Error) -> Self {
         Failure::rexec(error.to_string())
@@ -40,24 +56,12 @@ pub async fn run(
             Event::Stdout(bytes) => output.stdout(&bytes),
             Event::Stderr(bytes) => output.stderr(&bytes),
             Event::Exit(status) => {
-                output
-                    .finish()
-                    .map_err(|e| Failure::rexec(format!("cannot write output: {e}")))?;
+                output.finish().map_err(Failure::output)?;
                 return Ok(status);
             }
             Event::Started { .. } => Ok(()),
         };
-        if let Err(e) = written {
-            // Our reader went away (`rexec -- yes | head`): die like a process
-            // killed by SIGPIPE; dropping the stream cancels the remote command.
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Err(Failure {
-                    message: None,
-                    code: 128 + 13,
-                });
-            }
-            return Err(Failure::rexec(format!("cannot write output: {e}")));
-        }
+        written.map_err(Failure::output)?;
     }
     Err(Failure::rexec("no exit status"))
 }

@@ -213,14 +213,7 @@ async fn run_fleet(hosts: Vec<Host>, job: Arc<Job>, parallel: usize) -> Result<i
     }
     match writer.await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            // Our reader went away (`rexec -H ... | head`): die as SIGPIPE would.
-            return Err(Failure {
-                message: None,
-                code: 128 + 13,
-            });
-        }
-        Ok(Err(e)) => return Err(Failure::rexec(format!("cannot write output: {e}"))),
+        Ok(Err(e)) => return Err(Failure::output(e)),
         Err(e) => return Err(Failure::rexec(format!("output writer failed: {e}"))),
     }
     results.sort_by_key(|r| r.host);

@@ -162,15 +162,7 @@ pub async fn exec(
         .stdout(&response.stdout)
         .and_then(|()| output.stderr(&response.stderr))
         .and_then(|()| output.finish());
-    if let Err(e) = written {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            return Err(Failure {
-                message: None,
-                code: 128 + 13,
-            });
-        }
-        return Err(Failure::rexec(format!("cannot write output: {e}")));
-    }
+    written.map_err(Failure::output)?;
     if response.header.truncated == Some(true) {
         eprintln!("rexec: output cut at the server's --legacy-max-output");
     }

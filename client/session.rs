@@ -74,23 +74,13 @@ pub async fn run(
             Some(Event::Stdout(bytes)) => output.stdout(&bytes),
             Some(Event::Stderr(bytes)) => output.stderr(&bytes),
             Some(Event::Exit(status)) => {
-                output
-                    .finish()
-                    .map_err(|e| Failure::rexec(format!("cannot write output: {e}")))?;
+                output.finish().map_err(Failure::output)?;
                 return Ok(status);
             }
             Some(Event::Started { .. }) => Ok(()),
             None => return Err(Failure::rexec("no exit status")),
         };
-        if let Err(e) = written {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Err(Failure {
-                    message: None,
-                    code: 128 + 13,
-                });
-            }
-            return Err(Failure::rexec(format!("cannot write output: {e}")));
-        }
+        written.map_err(Failure::output)?;
     }
 }
 

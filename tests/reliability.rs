@@ -8,22 +8,15 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, eventually, processes_matching, scratch_dir, unique_marker, unique_sleep};
+use common::{
+    Daemon, eventually, processes_matching, rss_kib, scratch_dir, unique_marker, unique_sleep,
+};
 use rexec::client::{Client, ClientOptions, Command, Event, ExitStatus};
 
 async fn connect(addr: &str) -> Client {
     Client::connect(addr, &ClientOptions::default())
         .await
         .expect("connect")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn fd_count(pid: u32) -> usize {

@@ -7,7 +7,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, eventually, processes_matching, scratch_dir, sha256_file, unique_sleep};
+use common::{
+    Daemon, eventually, processes_matching, rss_kib, scratch_dir, sha256_file, unique_sleep,
+};
 use rexec::client::{Client, ClientOptions, Command, Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -50,15 +52,6 @@ fn piped_stdin_ends_at_eof() {
     assert_eq!(out.stdout, b"hello\n");
     assert_eq!(out.status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(10));
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -262,3 +262,13 @@ pub fn output_within(command: &mut Command, stdin: &[u8], limit: Duration) -> st
     let _ = writer.join();
     waiter.join().expect("waiter").expect("wait for child")
 }
+
+/// Resident memory of a process, in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
