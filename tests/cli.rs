@@ -167,14 +167,8 @@ fn killed_client_leaves_no_process_running() {
 fn random_64_mib_arrive_intact() {
     let daemon = Daemon::start();
     let dir = scratch_dir("big");
-    let source = dir.join("source.bin");
+    let source = common::random_file(&dir, "source.bin", 67108864);
     let copy = dir.join("copy.bin");
-    let status = Command::new("head")
-        .args(["-c", "67108864", "/dev/urandom"])
-        .stdout(std::fs::File::create(&source).unwrap())
-        .status()
-        .unwrap();
-    assert!(status.success());
     let status = daemon
         .rexec()
         .args(["--", "cat", source.to_str().unwrap()])

@@ -532,13 +532,7 @@ async fn ten_thousand_sequential_execs_leak_no_fds_or_memory() {
 fn one_gib_of_random_bytes_arrives_intact() {
     let daemon = Daemon::start();
     let dir = scratch_dir("gib");
-    let source = dir.join("random.bin");
-    let status = std::process::Command::new("head")
-        .args(["-c", "1073741824", "/dev/urandom"])
-        .stdout(std::fs::File::create(&source).unwrap())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let source = common::random_file(&dir, "random.bin", 1073741824);
     let expected = common::sha256_file(&source);
     // Hash the stream as it arrives: no 1 GiB copy on disk.
     let pipeline = format!(

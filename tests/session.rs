@@ -58,13 +58,7 @@ fn piped_stdin_ends_at_eof() {
 fn hundred_mib_of_stdin_through_sha256sum_with_bounded_server_memory() {
     let daemon = Daemon::start();
     let dir = scratch_dir("stdin");
-    let source = dir.join("source.bin");
-    let status = std::process::Command::new("head")
-        .args(["-c", "104857600", "/dev/urandom"])
-        .stdout(std::fs::File::create(&source).unwrap())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let source = common::random_file(&dir, "source.bin", 104857600);
     let baseline = rss_kib(daemon.pid());
     let out = daemon
         .rexec()

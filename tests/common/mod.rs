@@ -272,3 +272,15 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// A file of `bytes` random bytes at `dir/name`.
+pub fn random_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("head")
+        .args(["-c", &bytes.to_string(), "/dev/urandom"])
+        .stdout(std::fs::File::create(&path).expect("create random file"))
+        .status()
+        .expect("run head");
+    assert!(status.success(), "head -c {bytes} /dev/urandom failed");
+    path
+}
