@@ -35,7 +35,7 @@ impl Output {
 
     pub fn stdout(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let decoder = self.decoders.as_mut().map(|(out, _)| out);
-        write_chunk(&mut std::io::stdout().lock(), decoder, bytes, false)
+        write_chunk(&mut RawStdout::lock()?, decoder, bytes, false)
     }
 
     pub fn stderr(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -46,10 +46,60 @@ impl Output {
     /// Flushes characters a decoder still holds (a truncated sequence becomes U+FFFD).
     pub fn finish(&mut self) -> std::io::Result<()> {
         if let Some((out, err)) = self.decoders.as_mut() {
-            write_chunk(&mut std::io::stdout().lock(), Some(out), &[], true)?;
+            write_chunk(&mut RawStdout::lock()?, Some(out), &[], true)?;
             write_chunk(&mut std::io::stderr().lock(), Some(err), &[], true)?;
         }
         Ok(())
+    }
+}
+
+/// Standard output written straight to fd 1. std's stdout is a LineWriter,
+/// which scans every chunk for its last newline: that scan was 18 % of the
+/// CLI's CPU in a 1 GiB stream (see BENCHMARKS.md). Remote output is written
+/// whole and at once anyway. std's lock is held, and whatever std still
+/// buffers (a REPL prompt) is flushed first, so output keeps its order.
+struct RawStdout {
+    #[cfg_attr(unix, allow(dead_code))]
+    std_lock: std::io::StdoutLock<'static>,
+    #[cfg(unix)]
+    fd: std::mem::ManuallyDrop<std::fs::File>,
+}
+
+impl RawStdout {
+    fn lock() -> std::io::Result<Self> {
+        let mut lock = std::io::stdout().lock();
+        lock.flush()?;
+        Ok(RawStdout {
+            std_lock: lock,
+            // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop
+            // keeps this File from closing it.
+            #[cfg(unix)]
+            fd: std::mem::ManuallyDrop::new(unsafe {
+                <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(1)
+            }),
+        })
+    }
+}
+
+impl Write for RawStdout {
+    #[cfg(unix)]
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.fd.write(bytes)
+    }
+
+    #[cfg(not(unix))]
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.std_lock.write(bytes)
+    }
+
+    #[cfg(unix)]
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.std_lock.flush()
     }
 }
 

@@ -2,12 +2,17 @@
 //! the same runner as gRPC. A `Listener` accepts; a `Handler` serves one
 //! connection, one request after the other, each answer in one buffer.
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use rexec::legacy::{LegacyError, Request, RequestCodec, Response, ResponseCodec, ResponseHeader};
+use bytes::{Buf, Bytes, BytesMut};
+use rexec::legacy::{
+    LegacyError, Request, RequestCodec, Response, ResponseCodec, ResponseHeader,
+    encode_response_head,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -125,10 +130,10 @@ async fn refuse(mut stream: TcpStream, message: String) {
 /// Serves one connection.
 struct Handler {
     requests: FramedRead<OwnedReadHalf, RequestCodec>,
-    /// Answers are encoded whole and written at once: prefix, header and body
-    /// leave together, so no part waits for an ACK of the one before.
+    /// Answers go out with TCP_NODELAY in as few writes as the kernel takes
+    /// (writev of the header and the output's chunks), so no part waits for
+    /// an ACK of the one before.
     writer: OwnedWriteHalf,
-    responses: ResponseCodec,
     peer: SocketAddr,
     runner: Arc<Runner>,
     shutdown: Shutdown,
@@ -143,7 +148,6 @@ impl Handler {
         Handler {
             requests: FramedRead::with_capacity(reader, RequestCodec::new(), READ_BUFFER_BYTES),
             writer,
-            responses: ResponseCodec::new(),
             peer,
             runner: listener.runner.clone(),
             shutdown: listener.shutdown.clone(),
@@ -235,9 +239,9 @@ impl Handler {
 
     /// Runs one request to its exit, holding its output up to the limit; `None`
     /// when the client left (the exec is then cancelled).
-    async fn execute(&mut self, request: Request) -> Option<Response> {
+    async fn execute(&mut self, request: Request) -> Option<Answer> {
         if request.command.trim().is_empty() {
-            return Some(Response {
+            return Some(Answer::from(Response {
                 header: ResponseHeader {
                     exit_code: Some(0),
                     timed_out: Some(false),
@@ -245,7 +249,7 @@ impl Handler {
                     ..Default::default()
                 },
                 ..Default::default()
-            });
+            }));
         }
         let spec = ExecSpec {
             program: Program::Shell(request.command),
@@ -261,21 +265,21 @@ impl Handler {
             listener: "legacy",
         };
         let started = Instant::now();
-        let mut execution = match self.runner.start(spec, caller) {
+        let mut execution = match self.runner.start(spec, caller).await {
             Ok(execution) => execution,
-            Err(e) => return Some(Response::error(e.to_string())),
+            Err(e) => return Some(Response::error(e.to_string()).into()),
         };
         let mut output = OutputBuffer::new(self.config.max_output_bytes);
         loop {
             tokio::select! {
                 event = execution.events.recv() => match event {
-                    Some(Event::Stdout(chunk)) => output.push_stdout(&chunk),
-                    Some(Event::Stderr(chunk)) => output.push_stderr(&chunk),
+                    Some(Event::Stdout(chunk)) => output.push_stdout(chunk),
+                    Some(Event::Stderr(chunk)) => output.push_stderr(chunk),
                     Some(Event::Exit(report)) => {
                         return Some(output.answer(&report, &execution.exec_id));
                     }
                     None => {
-                        return Some(Response::error("the command ended without an exit status"));
+                        return Some(Response::error("the command ended without an exit status").into());
                     }
                 },
                 // The client may send its next request early; an EOF here means it left.
@@ -298,14 +302,16 @@ impl Handler {
         }
     }
 
-    /// Sends one answer in one buffer; false if the client cannot take it.
-    async fn answer(&mut self, response: Response) -> bool {
-        let mut answer = BytesMut::new();
-        if let Err(e) = self.responses.encode(response, &mut answer) {
-            tracing::error!(peer = %self.peer, "legacy: cannot encode the answer: {e}");
-            return false;
-        }
-        let write = self.writer.write_all(&answer);
+    /// Sends one answer; false if the client cannot take it.
+    async fn answer(&mut self, answer: impl Into<Answer>) -> bool {
+        let segments = match answer.into().into_segments() {
+            Ok(segments) => segments,
+            Err(e) => {
+                tracing::error!(peer = %self.peer, "legacy: cannot encode the answer: {e}");
+                return false;
+            }
+        };
+        let write = write_segments(&mut self.writer, segments);
         let written = match self.config.idle_timeout {
             // A client that stops reading its answer is idle too.
             Some(limit) => tokio::time::timeout(limit, write)
@@ -323,6 +329,78 @@ impl Handler {
     }
 }
 
+/// An answer as it goes out: the header, then stdout's and stderr's chunks
+/// as the runner read them, never copied into one buffer.
+struct Answer {
+    header: ResponseHeader,
+    stdout: Vec<Bytes>,
+    stderr: Vec<Bytes>,
+}
+
+/// Answers up to this size are copied into one buffer: one write, one packet.
+const SMALL_ANSWER: usize = 64 * 1024;
+/// Buffers per writev; Linux takes up to 1024.
+const MAX_IOVECS: usize = 64;
+
+impl From<Response> for Answer {
+    fn from(response: Response) -> Self {
+        Answer {
+            header: response.header,
+            stdout: vec![response.stdout],
+            stderr: vec![response.stderr],
+        }
+    }
+}
+
+impl Answer {
+    /// The prefix and header, then the body's chunks, stdout first.
+    fn into_segments(self) -> Result<VecDeque<Bytes>, LegacyError> {
+        let stdout_len: usize = self.stdout.iter().map(Bytes::len).sum();
+        let stderr_len: usize = self.stderr.iter().map(Bytes::len).sum();
+        let mut head = BytesMut::new();
+        encode_response_head(self.header, stdout_len, stderr_len, &mut head)?;
+        let body = self.stdout.into_iter().chain(self.stderr);
+        if head.len() + stdout_len + stderr_len <= SMALL_ANSWER {
+            for chunk in body {
+                head.extend_from_slice(&chunk);
+            }
+            return Ok(VecDeque::from([head.freeze()]));
+        }
+        let mut segments = VecDeque::from([head.freeze()]);
+        segments.extend(body.filter(|chunk| !chunk.is_empty()));
+        Ok(segments)
+    }
+}
+
+/// Writes every segment in order, many per writev.
+async fn write_segments(
+    writer: &mut OwnedWriteHalf,
+    mut segments: VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !segments.is_empty() {
+        let mut written = {
+            let slices: Vec<IoSlice<'_>> = segments
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|segment| IoSlice::new(segment))
+                .collect();
+            writer.write_vectored(&slices).await?
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while let Some(front) = segments.front_mut() {
+            if written < front.len() {
+                front.advance(written);
+                break;
+            }
+            written -= front.len();
+            segments.pop_front();
+        }
+    }
+    Ok(())
+}
+
 async fn sleep_or_never(limit: Option<Duration>) {
     match limit {
         Some(limit) => tokio::time::sleep(limit).await,
@@ -333,8 +411,10 @@ async fn sleep_or_never(limit: Option<Duration>) {
 /// One command's output, held until its exit because the answer's header must
 /// carry the sizes. Past the limit, output is counted and dropped.
 struct OutputBuffer {
-    stdout: BytesMut,
-    stderr: BytesMut,
+    /// The runner's chunks, kept as they came.
+    stdout: Vec<Bytes>,
+    stderr: Vec<Bytes>,
+    kept: usize,
     max_output_bytes: usize,
     discarded: usize,
 }
@@ -342,28 +422,35 @@ struct OutputBuffer {
 impl OutputBuffer {
     fn new(max_output_bytes: usize) -> Self {
         OutputBuffer {
-            stdout: BytesMut::new(),
-            stderr: BytesMut::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            kept: 0,
             max_output_bytes,
             discarded: 0,
         }
     }
 
-    fn push_stdout(&mut self, chunk: &Bytes) {
-        let kept = self.room().min(chunk.len());
-        self.stdout.extend_from_slice(&chunk[..kept]);
-        self.discarded += chunk.len() - kept;
+    fn push_stdout(&mut self, chunk: Bytes) {
+        if let Some(kept) = self.keep(chunk) {
+            self.stdout.push(kept);
+        }
     }
 
-    fn push_stderr(&mut self, chunk: &Bytes) {
-        let kept = self.room().min(chunk.len());
-        self.stderr.extend_from_slice(&chunk[..kept]);
-        self.discarded += chunk.len() - kept;
+    fn push_stderr(&mut self, chunk: Bytes) {
+        if let Some(kept) = self.keep(chunk) {
+            self.stderr.push(kept);
+        }
     }
 
-    fn room(&self) -> usize {
-        self.max_output_bytes
-            .saturating_sub(self.stdout.len() + self.stderr.len())
+    /// What of `chunk` fits under the limit; the rest is counted as discarded.
+    fn keep(&mut self, mut chunk: Bytes) -> Option<Bytes> {
+        let room = self.max_output_bytes.saturating_sub(self.kept);
+        if chunk.len() > room {
+            self.discarded += chunk.len() - room;
+            chunk.truncate(room);
+        }
+        self.kept += chunk.len();
+        (!chunk.is_empty()).then_some(chunk)
     }
 
     /// Past the limit the command may finish on its own while it writes up to
@@ -372,12 +459,12 @@ impl OutputBuffer {
         self.discarded > self.max_output_bytes.max(1024 * 1024)
     }
 
-    fn answer(self, report: &ExitReport, exec_id: &str) -> Response {
+    fn answer(self, report: &ExitReport, exec_id: &str) -> Answer {
         let (exit_code, signal) = match report.termination {
             Termination::Code(code) => (Some(code), None),
             Termination::Signal(signal) => (None, Some(rexec::signals::name(signal))),
         };
-        self.into_response(
+        self.into_answer(
             ResponseHeader {
                 exit_code,
                 signal,
@@ -393,8 +480,8 @@ impl OutputBuffer {
 
     /// The answer for a command stopped past the output limit: its group got
     /// SIGTERM, so that is what the header reports.
-    fn stopped_answer(self, duration: Duration, exec_id: &str) -> Response {
-        self.into_response(
+    fn stopped_answer(self, duration: Duration, exec_id: &str) -> Answer {
+        self.into_answer(
             ResponseHeader {
                 signal: Some(rexec::signals::name(libc::SIGTERM)),
                 timed_out: Some(false),
@@ -405,13 +492,13 @@ impl OutputBuffer {
         )
     }
 
-    fn into_response(self, mut header: ResponseHeader, exec_id: &str) -> Response {
+    fn into_answer(self, mut header: ResponseHeader, exec_id: &str) -> Answer {
         header.truncated = Some(self.discarded > 0 || header.truncated == Some(true));
         header.exec_id = Some(exec_id.to_string());
-        Response {
+        Answer {
             header,
-            stdout: self.stdout.freeze(),
-            stderr: self.stderr.freeze(),
+            stdout: self.stdout,
+            stderr: self.stderr,
         }
     }
 }
@@ -460,15 +547,56 @@ mod tests {
     #[test]
     fn output_past_the_limit_is_cut_in_arrival_order() {
         let mut output = OutputBuffer::new(10);
-        output.push_stdout(&Bytes::from_static(b"123456"));
-        output.push_stderr(&Bytes::from_static(b"abcdef"));
-        output.push_stdout(&Bytes::from_static(b"789"));
-        assert_eq!(&output.stdout[..], b"123456");
-        assert_eq!(&output.stderr[..], b"abcd");
+        output.push_stdout(Bytes::from_static(b"123456"));
+        output.push_stderr(Bytes::from_static(b"abcdef"));
+        output.push_stdout(Bytes::from_static(b"789"));
+        assert_eq!(output.stdout.concat(), b"123456");
+        assert_eq!(output.stderr.concat(), b"abcd");
         assert_eq!(output.discarded, 5);
         assert!(!output.over_discard_allowance());
         let response = output.stopped_answer(Duration::ZERO, "x");
         assert_eq!(response.header.truncated, Some(true));
         assert_eq!(response.header.signal.as_deref(), Some("TERM"));
+    }
+
+    /// The segments, joined, are exactly what the codec writes for the same answer.
+    #[test]
+    fn segments_carry_the_codec_encoding() {
+        for size in [0, 10, SMALL_ANSWER, 3 * SMALL_ANSWER + 7] {
+            let stdout: Vec<Bytes> = (0..size)
+                .step_by(1000)
+                .map(|start| Bytes::from(vec![b'o'; 1000.min(size - start)]))
+                .collect();
+            let stderr = vec![Bytes::from_static(b"warning"), Bytes::new()];
+            let header = ResponseHeader {
+                exit_code: Some(3),
+                ..Default::default()
+            };
+            let mut expected = BytesMut::new();
+            ResponseCodec::new()
+                .encode(
+                    Response {
+                        header: header.clone(),
+                        stdout: stdout.concat().into(),
+                        stderr: stderr.concat().into(),
+                    },
+                    &mut expected,
+                )
+                .unwrap();
+            let segments = Answer {
+                header,
+                stdout,
+                stderr,
+            }
+            .into_segments()
+            .unwrap();
+            assert_eq!(
+                segments.len() == 1,
+                expected.len() <= SMALL_ANSWER,
+                "size {size}"
+            );
+            let joined: Vec<u8> = segments.iter().flat_map(|s| s.iter().copied()).collect();
+            assert_eq!(joined, &expected[..], "size {size}");
+        }
     }
 }

@@ -21,12 +21,23 @@ use crate::limits::{ExecSlots, OutputBudget};
 use crate::run_as::RunAs;
 use crate::shutdown::Shutdown;
 
-/// Bytes asked of a pipe per read; one chunk on the wire. 64 KiB is the default
-/// pipe capacity, so one read empties a full pipe (see BENCHMARKS.md).
+/// Bytes asked of a pipe per read at first; one chunk on the wire. 64 KiB is
+/// the default pipe capacity, so one read empties a full pipe.
 const CHUNK_SIZE: usize = 64 * 1024;
+/// Once a read fills a whole chunk the child writes faster than we read: the
+/// pipe grows to this (`F_SETPIPE_SZ`) and reads become this large, so a bulk
+/// stream costs one wake-up, one read and one frame per MiB instead of per
+/// 64 KiB. Interactive output never fills a chunk and stays as it was.
+/// (BENCHMARKS.md, "Levers measured".)
+const BULK_CHUNK_SIZE: usize = 1024 * 1024;
+/// Pipes enlarged to `BULK_CHUNK_SIZE` at once. The kernel charges pipe
+/// capacity to the user, and past `pipe-user-pages-soft` (64 MiB) every new
+/// pipe of an unprivileged user is cut to 8 KiB; this stays well below it.
+const MAX_BULK_PIPES: usize = 16;
 /// Chunks buffered between the pipe readers and the consumer. With the pipes
-/// themselves this bounds what one exec can hold in server memory.
-const EVENT_QUEUE: usize = 16;
+/// themselves this bounds what one exec can hold in server memory: at most
+/// 4 MiB of bulk chunks plus the pipe.
+const EVENT_QUEUE: usize = 4;
 /// After the exec's group has been killed past the linger, a process that
 /// escaped the group may still hold a pipe: read at most this much more.
 const DRAIN_AFTER_STOP: u64 = 1024 * 1024;
@@ -215,7 +226,26 @@ impl Runner {
 
     /// Validates `spec`, spawns it in its own process group and starts streaming.
     /// Nothing runs unless this returns `Ok`.
-    pub fn start(&self, spec: ExecSpec, caller: Caller) -> Result<Execution, RunError> {
+    ///
+    /// fork/exec blocks the calling thread until the child has exec'd, so it
+    /// runs on the blocking pool: spawns overlap each other and never stall
+    /// the runtime threads that move output. Dropping the returned future
+    /// does not leak a child: the blocking task finishes, and the `Execution`
+    /// it built is dropped, which cancels the exec like a client leaving.
+    pub async fn start(
+        self: &Arc<Self>,
+        spec: ExecSpec,
+        caller: Caller,
+    ) -> Result<Execution, RunError> {
+        let runner = Arc::clone(self);
+        tokio::task::spawn_blocking(move || runner.start_blocking(spec, caller))
+            .await
+            .unwrap_or_else(|e| Err(RunError::Internal(format!("spawn task failed: {e}"))))
+    }
+
+    /// `start` on the current thread; needs the runtime's context (pipes and
+    /// the supervisor register with it).
+    fn start_blocking(&self, spec: ExecSpec, caller: Caller) -> Result<Execution, RunError> {
         let slot = self.slots.try_acquire()?;
         let (program, args) = self.resolve(&spec)?;
         let run_as = self.config.run_as.as_ref();
@@ -414,7 +444,62 @@ fn spawn_error(program: &Path, e: std::io::Error) -> RunError {
     }
 }
 
-type OutputPipe = Box<dyn AsyncRead + Send + Unpin>;
+/// A child's stdout or stderr: a pipe, or a pty master.
+struct OutputPipe {
+    reader: Box<dyn AsyncRead + Send + Unpin>,
+    /// Set for a pipe, which may be enlarged; the fd lives as long as `reader`.
+    pipe_fd: Option<std::os::fd::RawFd>,
+}
+
+impl OutputPipe {
+    fn pipe<P: AsyncRead + std::os::fd::AsRawFd + Send + Unpin + 'static>(pipe: P) -> Self {
+        OutputPipe {
+            pipe_fd: Some(pipe.as_raw_fd()),
+            reader: Box::new(pipe),
+        }
+    }
+
+    /// Switches to bulk reads; the pipe grows if fewer than `MAX_BULK_PIPES`
+    /// have. Returns the new read size and whether a bulk slot was taken.
+    fn go_bulk(&self) -> (usize, Option<BulkPipe>) {
+        let Some(fd) = self.pipe_fd else {
+            return (CHUNK_SIZE, None);
+        };
+        let Some(slot) = BulkPipe::take() else {
+            return (CHUNK_SIZE, None);
+        };
+        // SAFETY: fd is the open pipe `reader` owns; F_SETPIPE_SZ changes
+        // only its capacity. Failure (EPERM past a user's hard limit) leaves
+        // the pipe as it was.
+        let grown = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, BULK_CHUNK_SIZE as libc::c_int) };
+        if grown < 0 {
+            return (CHUNK_SIZE, None);
+        }
+        (BULK_CHUNK_SIZE, Some(slot))
+    }
+}
+
+/// One of `MAX_BULK_PIPES`, given back when the pipe's reader ends.
+struct BulkPipe;
+
+static BULK_PIPES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl BulkPipe {
+    fn take() -> Option<BulkPipe> {
+        BULK_PIPES
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_BULK_PIPES).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| BulkPipe)
+    }
+}
+
+impl Drop for BulkPipe {
+    fn drop(&mut self) {
+        BULK_PIPES.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Where stdin bytes go: a pipe, or the pty master (shared with stdout).
 enum StdinSink {
@@ -471,8 +556,8 @@ fn spawn_with_pipes(
     let stdin = child.stdin.take().map(StdinSink::Pipe);
     Ok(Spawned {
         child,
-        stdout: Box::new(stdout),
-        stderr: Some(Box::new(stderr)),
+        stdout: OutputPipe::pipe(stdout),
+        stderr: Some(OutputPipe::pipe(stderr)),
         stdin,
     })
 }
@@ -512,7 +597,10 @@ fn spawn_with_pty(
     let (read, write) = pty.into_split();
     Ok(Spawned {
         child,
-        stdout: Box::new(read),
+        stdout: OutputPipe {
+            reader: Box::new(read),
+            pipe_fd: None,
+        },
         stderr: None,
         stdin: Some(StdinSink::Pty(write, master_fd)),
     })
@@ -789,16 +877,19 @@ async fn pump(
     budget: Arc<OutputBudget>,
 ) -> u64 {
     let Some(mut pipe) = pipe else { return 0 };
-    let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
+    let mut read_size = CHUNK_SIZE;
+    // Held while the pipe is enlarged; dropped (given back) when this ends.
+    let mut bulk: Option<Option<BulkPipe>> = None;
+    let mut buf = BytesMut::with_capacity(read_size);
     let mut total = 0u64;
     let mut after_stop = 0u64;
     loop {
-        buf.reserve(CHUNK_SIZE);
+        buf.reserve(read_size);
         // Data already in the pipe wins over `stop`, so nothing written before
         // the group was killed is lost.
         let read = tokio::select! {
             biased;
-            read = pipe.read_buf(&mut buf) => read,
+            read = pipe.reader.read_buf(&mut buf) => read,
             () = stop.cancelled() => break,
         };
         match read {
@@ -806,6 +897,11 @@ async fn pump(
             Ok(n) => {
                 if stop.is_cancelled() {
                     after_stop += n as u64;
+                }
+                if n >= CHUNK_SIZE && bulk.is_none() {
+                    let (size, slot) = pipe.go_bulk();
+                    read_size = size;
+                    bulk = Some(slot);
                 }
                 // Past --max-output the pipe is still drained (the group is
                 // being killed) but nothing more is sent or counted.

@@ -42,7 +42,7 @@ impl RemoteExec for ExecService {
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<EventStream>, Status> {
         let caller = self.admit(&request)?;
         let spec = spec_from_request(request.into_inner(), false)?;
-        let execution = self.runner.start(spec, caller).map_err(status_from)?;
+        let execution = self.runner.start(spec, caller).await.map_err(status_from)?;
         Ok(Response::new(event_stream(execution, None)))
     }
 
@@ -65,7 +65,7 @@ impl RemoteExec for ExecService {
         let initial_stdin = start.stdin.clone();
         let mut spec = spec_from_request(start, true)?;
         spec.stdin = StdinMode::Stream;
-        let mut execution = self.runner.start(spec, caller).map_err(status_from)?;
+        let mut execution = self.runner.start(spec, caller).await.map_err(status_from)?;
         let input = execution
             .input
             .take()

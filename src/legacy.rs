@@ -339,28 +339,42 @@ impl Encoder<Response> for ResponseCodec {
 
     fn encode(&mut self, response: Response, dst: &mut BytesMut) -> Result<(), LegacyError> {
         let Response {
-            mut header,
+            header,
             stdout,
             stderr,
         } = response;
-        // The sizes come from the body itself: a wrong data_size is the sticky packet.
-        header.data_size = (stdout.len() + stderr.len()) as u64;
-        if header.error.is_none() {
-            header.stdout_size = Some(stdout.len() as u64);
-            header.stderr_size = Some(stderr.len() as u64);
-        }
-        let json = serde_json::to_vec(&header)
-            .map_err(|e| bad(format!("cannot encode response header: {e}")))?;
-        if json.len() > MAX_HEADER_BYTES {
-            return Err(bad("response header over the 8 KiB cap"));
-        }
-        dst.reserve(PREFIX_BYTES + json.len() + stdout.len() + stderr.len());
-        dst.put_i32_le(json.len() as i32);
-        dst.extend_from_slice(&json);
+        dst.reserve(stdout.len() + stderr.len());
+        encode_response_head(header, stdout.len(), stderr.len(), dst)?;
         dst.extend_from_slice(&stdout);
         dst.extend_from_slice(&stderr);
         Ok(())
     }
+}
+
+/// Writes an answer's length prefix and JSON header for a body of
+/// `stdout_len + stderr_len` bytes, which the caller sends right after, stdout
+/// first. For a server that sends a large body from its chunks as they are.
+pub fn encode_response_head(
+    mut header: ResponseHeader,
+    stdout_len: usize,
+    stderr_len: usize,
+    dst: &mut BytesMut,
+) -> Result<(), LegacyError> {
+    // The sizes come from the body itself: a wrong data_size is the sticky packet.
+    header.data_size = (stdout_len + stderr_len) as u64;
+    if header.error.is_none() {
+        header.stdout_size = Some(stdout_len as u64);
+        header.stderr_size = Some(stderr_len as u64);
+    }
+    let json = serde_json::to_vec(&header)
+        .map_err(|e| bad(format!("cannot encode response header: {e}")))?;
+    if json.len() > MAX_HEADER_BYTES {
+        return Err(bad("response header over the 8 KiB cap"));
+    }
+    dst.reserve(PREFIX_BYTES + json.len());
+    dst.put_i32_le(json.len() as i32);
+    dst.extend_from_slice(&json);
+    Ok(())
 }
 
 impl Decoder for ResponseCodec {
