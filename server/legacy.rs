@@ -258,6 +258,7 @@ impl Handler {
             stdin: request.stdin.map_or(StdinMode::Empty, StdinMode::Bytes),
             timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
             tty: None,
+            holds_output: true,
         };
         let caller = Caller {
             peer: self.peer.to_string(),

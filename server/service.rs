@@ -230,6 +230,7 @@ pub fn spec_from_request(request: ExecRequest, session: bool) -> Result<ExecSpec
         },
         timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
         tty,
+        holds_output: false,
     })
 }
 
