@@ -181,6 +181,33 @@ fn random_64_mib_arrive_intact() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// More bulk streams at once than rexecd enlarges pipes for (16): the rest
+/// keep default pipes and 64 KiB reads, and every stream arrives whole.
+#[test]
+fn twenty_bulk_streams_at_once_all_arrive_intact() {
+    let daemon = Daemon::start();
+    let dir = scratch_dir("bulk");
+    let source = common::random_file(&dir, "source.bin", 16 << 20);
+    let expected = sha256_file(&source);
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let copy = dir.join(format!("copy{i}.bin"));
+            let child = daemon
+                .rexec()
+                .args(["--", "cat", source.to_str().unwrap()])
+                .stdout(std::fs::File::create(&copy).unwrap())
+                .spawn()
+                .unwrap();
+            (child, copy)
+        })
+        .collect();
+    for (mut child, copy) in children {
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        assert_eq!(sha256_file(&copy), expected, "{}", copy.display());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn first_line_arrives_before_the_command_ends() {
     let daemon = Daemon::start();

@@ -276,6 +276,28 @@ fn bad_requests_get_an_error_header_and_close_and_others_carry_on() {
     assert_eq!(ask(&mut fresh, b"echo fresh").stdout, b"fresh\n");
 }
 
+/// A large answer leaves as the header and then the output's chunks as they
+/// were read (bulk reads on an enlarged pipe): every byte in order, stdout
+/// before stderr, and the sizes in the header match the body.
+#[test]
+fn forty_mib_answer_arrives_intact_with_its_stderr_after() {
+    let daemon = legacy_daemon(&[]);
+    let dir = scratch_dir("legacy-big");
+    let source = common::random_file(&dir, "source.bin", 40 << 20);
+    let expected = std::fs::read(&source).unwrap();
+    let mut stream = connect(&daemon);
+    let command = format!("cat '{}'; echo done >&2", source.display());
+    for _ in 0..2 {
+        let answer = ask(&mut stream, command.as_bytes());
+        assert_eq!(answer.header["stdout_size"], 40 << 20);
+        assert_eq!(answer.header["stderr_size"], 5);
+        assert_eq!(answer.header["truncated"], false);
+        assert!(answer.stdout == expected, "stdout differs from the file");
+        assert_eq!(answer.stderr, b"done\n");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn output_past_the_limit_is_cut_and_marked_truncated() {
     let daemon = legacy_daemon(&["--legacy-max-output", "1000"]);
