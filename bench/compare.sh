@@ -167,14 +167,18 @@ note "servers up: rexecd grpc=$GRPC legacy=$LEGACY classic=$CLASSIC relay=$RELAY
 # --- (a) 1 GiB stream to /dev/null ---------------------------------------------
 STREAM="head -c $GIB /dev/zero"
 if wants a; then
-note "(a) 1 GiB stream, $RUNS runs each"
-record stream local "$($MEASURE times "$RUNS" -- sh -c "$STREAM | cat" | to_mbps)"
-record stream relay "$($MEASURE relay "$RELAY" "$RUNS" "$STREAM" | to_mbps)"
-record stream ssh "$($MEASURE times "$RUNS" -- "${SSH_WARM[@]}" bench "$STREAM" | to_mbps)"
-record stream "ssh aes128-gcm" "$($MEASURE times "$RUNS" -- "${SSH_AES[@]}" bench "$STREAM" | to_mbps)"
-record stream "classic python" "$($MEASURE classic "$CLASSIC" "$RUNS" "$STREAM" | to_mbps)"
-record stream "rexec grpc (CLI)" "$($MEASURE times "$RUNS" -- "$REXEC" --addr "$GRPC" -- "$STREAM" | to_mbps)"
-record stream "rexec legacy (classic client)" "$($MEASURE classic "$LEGACY" "$RUNS" "$STREAM" | to_mbps)"
+note "(a) 1 GiB stream, $RUNS rounds of one run per system"
+# Round robin: a spell of load from elsewhere falls on every system alike,
+# which keeps the ratios steadier than running each system's runs in a row.
+for _ in $(seq "$RUNS"); do
+  record stream local "$($MEASURE times 1 -- sh -c "$STREAM | cat" | to_mbps)"
+  record stream relay "$($MEASURE relay "$RELAY" 1 "$STREAM" | to_mbps)"
+  record stream ssh "$($MEASURE times 1 -- "${SSH_WARM[@]}" bench "$STREAM" | to_mbps)"
+  record stream "ssh aes128-gcm" "$($MEASURE times 1 -- "${SSH_AES[@]}" bench "$STREAM" | to_mbps)"
+  record stream "classic python" "$($MEASURE classic "$CLASSIC" 1 "$STREAM" | to_mbps)"
+  record stream "rexec grpc (CLI)" "$($MEASURE times 1 -- "$REXEC" --addr "$GRPC" -- "$STREAM" | to_mbps)"
+  record stream "rexec legacy (classic client)" "$($MEASURE classic "$LEGACY" 1 "$STREAM" | to_mbps)"
+done
 
 fi
 
