@@ -6,7 +6,7 @@
 # medians with ratios to ssh, to the relay and to the local floor; see
 # BENCHMARKS.md for what each figure means and what limits it.
 #
-# Usage: bench/compare.sh            (about 5 minutes; RUNS=N for more runs,
+# Usage: bench/compare.sh            (about 6 minutes; RUNS=N for more runs,
 #                                    FIGURES="a e" for some figures only)
 #
 # Everything listens on 127.0.0.1 only. Installs openssh-server with apt-get
