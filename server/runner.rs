@@ -620,20 +620,35 @@ fn spawn_with_pty(
 }
 
 /// The server user's login shell from the password database, else /bin/sh.
+/// Read once: spawns run on several threads, and the database does not change
+/// under a running server in any way that matters here.
 fn login_shell() -> PathBuf {
-    // SAFETY: getpwuid returns a pointer into static storage or null; it is read at once.
-    unsafe {
-        let entry = libc::getpwuid(libc::getuid());
-        if !entry.is_null() && !(*entry).pw_shell.is_null() {
-            let shell = std::ffi::CStr::from_ptr((*entry).pw_shell)
-                .to_string_lossy()
-                .into_owned();
-            if !shell.is_empty() {
-                return PathBuf::from(shell);
+    static SHELL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SHELL
+        .get_or_init(|| {
+            let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+            let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            // SAFETY: every pointer is valid for the call; strings land in `buffer`.
+            let rc = unsafe {
+                libc::getpwuid_r(
+                    libc::getuid(),
+                    &mut entry,
+                    buffer.as_mut_ptr(),
+                    buffer.len(),
+                    &mut result,
+                )
+            };
+            if rc == 0 && !result.is_null() && !entry.pw_shell.is_null() {
+                // SAFETY: getpwuid_r succeeded, so pw_shell points into `buffer`.
+                let shell = unsafe { std::ffi::CStr::from_ptr(entry.pw_shell) };
+                if !shell.is_empty() {
+                    return PathBuf::from(shell.to_string_lossy().into_owned());
+                }
             }
-        }
-    }
-    PathBuf::from("/bin/sh")
+            PathBuf::from("/bin/sh")
+        })
+        .clone()
 }
 
 /// `-bash` for /bin/bash: a leading dash makes a shell a login shell.
