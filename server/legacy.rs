@@ -1,6 +1,7 @@
 //! The legacy raw-TCP listener: the classic 4-byte-prefix protocol, served from
 //! the same runner as gRPC. A `Listener` accepts; a `Handler` serves one
-//! connection, one request after the other, each answer in one buffer.
+//! connection, one request after the other; an answer is held until its
+//! command exits, then sent as its header and the output's chunks.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;

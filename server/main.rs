@@ -235,14 +235,14 @@ fn main() -> std::process::ExitCode {
 
 /// Bulk output moves in 1 MiB chunks. glibc serves those with mmap, or from a
 /// heap it trims as soon as 2 MiB at its top are free, so each chunk would be
-/// faulted in afresh; from the heap, with up to 32 MiB kept for reuse, a
+/// faulted in afresh; from the heap, with up to 16 MiB kept for reuse, a
 /// stream reuses the same pages.
 fn tune_malloc() {
     // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
     #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
 }
 

@@ -38,6 +38,10 @@ const MAX_BULK_PIPES: usize = 16;
 /// themselves this bounds what one exec can hold in server memory: at most
 /// 4 MiB of bulk chunks plus the pipe.
 const EVENT_QUEUE: usize = 4;
+/// A read buffer with less room left than this is replaced by a fresh one.
+/// Small reads share one buffer until then, so a consumer that holds chunks
+/// (a legacy answer) holds about what was read, not a buffer per read.
+const MIN_READ_ROOM: usize = 4 * 1024;
 /// After the exec's group has been killed past the linger, a process that
 /// escaped the group may still hold a pipe: read at most this much more.
 const DRAIN_AFTER_STOP: u64 = 1024 * 1024;
@@ -912,9 +916,9 @@ async fn pump(
     let mut total = 0u64;
     let mut after_stop = 0u64;
     loop {
-        // `buf` is empty here (each read is split off). A buffer is used up
-        // before the next is taken, so a chunk wastes at most 64 KiB of it.
-        if buf.capacity() < CHUNK_SIZE {
+        // `buf` is empty here: each read is split off, and the next one goes
+        // into the room left behind it.
+        if buf.capacity() < MIN_READ_ROOM {
             buf.reserve(read_size);
             if pipe.held && read_size > CHUNK_SIZE {
                 prefault(buf.spare_capacity_mut());
