@@ -592,6 +592,9 @@ async fn hold(args: &BenchArgs, sessions: usize) -> ExitCode {
             }
         }
     }
+    // Installed before the line is printed: whoever reads it may send
+    // SIGTERM at once, which would otherwise kill this process outright.
+    let terminated = terminated();
     println!("holding {sessions}");
     let _ = std::io::stdout().flush();
 
@@ -606,25 +609,30 @@ async fn hold(args: &BenchArgs, sessions: usize) -> ExitCode {
     tokio::select! {
         () = all_exited => {}
         _ = tokio::signal::ctrl_c() => {}
-        () = terminated() => {}
+        () = terminated => {}
     }
     ExitCode::SUCCESS
 }
 
+/// Resolves on SIGTERM. The handler is installed when this is called, not
+/// when the future is first polled.
 #[cfg(unix)]
-async fn terminated() {
+fn terminated() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            term.recv().await;
+    let term = signal(SignalKind::terminate());
+    async move {
+        match term {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
         }
-        Err(_) => std::future::pending().await,
     }
 }
 
 #[cfg(not(unix))]
-async fn terminated() {
-    std::future::pending().await
+fn terminated() -> impl std::future::Future<Output = ()> {
+    std::future::pending()
 }
 
 #[cfg(test)]
