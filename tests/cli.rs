@@ -2,11 +2,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, eventually, processes_matching, scratch_dir, sha256_file, unique_sleep};
+use common::{
+    Daemon, eventually, output_within, processes_matching, scratch_dir, sha256_file, unique_sleep,
+};
+
+/// Generous: only a hung client or server should ever reach it.
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn run(command: &mut Command) -> (i32, String, String) {
     let out = command.output().expect("run rexec");
@@ -83,20 +88,11 @@ fn env_and_cwd_reach_the_command() {
 #[test]
 fn piped_stdin_reaches_the_command() {
     let daemon = Daemon::start();
-    let mut child = daemon
-        .rexec()
-        .args(["--", "tr a-z A-Z"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"hello\nworld\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(
+        daemon.rexec().args(["--", "tr a-z A-Z"]),
+        b"hello\nworld\n",
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"HELLO\nWORLD\n");
 }
@@ -303,24 +299,11 @@ fn repl_runs_lines_keeps_cd_and_shows_failures() {
     let daemon = Daemon::start();
     let dir = scratch_dir("repl");
     std::fs::create_dir(dir.join("sub")).unwrap();
-    let mut child = daemon
-        .rexec()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let script = format!(
         "echo one\ncd {}\ncd sub\npwd\ncd /no/such/dir\npwd\nexit 3\necho after\nquit\necho never\n",
         dir.display()
     );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(&mut daemon.rexec(), script.as_bytes(), LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let sub = dir.join("sub");

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, REXEC, eventually, processes_matching, scratch_dir, unique_sleep};
+use common::{
+    Daemon, REXEC, eventually, output_within, processes_matching, scratch_dir, unique_sleep,
+};
 use serde_json::{Value, json};
 
 /// Generous: only a hung server or a lost answer should ever hit it.
@@ -484,14 +486,11 @@ fn rexec_legacy_splits_streams_and_returns_the_exit_code() {
 #[test]
 fn rexec_legacy_sends_stdin_cwd_env_and_argv() {
     let daemon = legacy_daemon(&[]);
-    let mut child = rexec_legacy(&daemon)
-        .args(["--", "tr", "a-z", "A-Z"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"piped in").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(
+        rexec_legacy(&daemon).args(["--", "tr", "a-z", "A-Z"]),
+        b"piped in",
+        READ_LIMIT,
+    );
     assert_eq!(out.stdout, b"PIPED IN");
     assert_eq!(out.status.code(), Some(0));
 
@@ -549,23 +548,11 @@ fn rexec_legacy_repl_runs_piped_lines_and_keeps_cd() {
     let daemon = legacy_daemon(&[]);
     let dir = scratch_dir("legacy-repl");
     std::fs::create_dir(dir.join("sub")).unwrap();
-    let mut child = rexec_legacy(&daemon)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let script = format!(
         "echo one\ncd {}\ncd sub\npwd\nls /nonexistent\nexit 3\necho after\nquit\necho never\n",
         dir.display()
     );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(&mut rexec_legacy(&daemon), script.as_bytes(), READ_LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let sub = dir.join("sub");

@@ -8,7 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, eventually, processes_matching, rss_kib, scratch_dir, sha256_file, unique_sleep,
+    Daemon, eventually, output_within, processes_matching, rss_kib, scratch_dir, sha256_file,
+    unique_sleep,
 };
 use rexec::client::{Client, ClientOptions, Command, Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,15 +41,11 @@ fn interactive_cat_echoes_each_line_while_stdin_is_open() {
 fn piped_stdin_ends_at_eof() {
     let daemon = Daemon::start();
     let started = Instant::now();
-    let mut child = daemon
-        .rexec()
-        .args(["--", "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(
+        daemon.rexec().args(["--", "cat"]),
+        b"hello\n",
+        Duration::from_secs(10),
+    );
     assert_eq!(out.stdout, b"hello\n");
     assert_eq!(out.status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(10));
