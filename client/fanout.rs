@@ -519,6 +519,9 @@ struct JsonRecord<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     truncated: bool,
     duration_ms: u64,
+    /// CPU time of the host's exec, every process it ran (null if it failed).
+    cpu_user_us: Option<u64>,
+    cpu_system_us: Option<u64>,
     error: Option<&'a str>,
 }
 
@@ -536,6 +539,8 @@ fn json_record(host: JsonHost<'_>) -> String {
         stderr_base64,
         truncated: host.truncated,
         duration_ms: host.elapsed.as_millis() as u64,
+        cpu_user_us: host.status.map(|s| s.cpu_user.as_micros() as u64),
+        cpu_system_us: host.status.map(|s| s.cpu_system.as_micros() as u64),
         error: host.error,
     };
     serde_json::to_string(&record).unwrap_or_else(|e| {

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::runner::{Caller, ExecSpec, ExitReport, Program, Termination};
+use crate::runner::types::{Caller, ExecSpec, ExitReport, Program, Stop, Termination};
 
 /// Where audit lines go; cloned into every exec.
 #[derive(Clone)]
@@ -39,6 +39,10 @@ impl AuditRecord {
             pid,
         }
     }
+
+    pub fn exec_id(&self) -> &str {
+        &self.exec_id
+    }
 }
 
 impl Audit {
@@ -62,7 +66,7 @@ impl Audit {
         })
     }
 
-    pub fn exec_finished(&self, record: &AuditRecord, report: &ExitReport, client_gone: bool) {
+    pub fn exec_finished(&self, record: &AuditRecord, report: &ExitReport) {
         let time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -75,8 +79,13 @@ impl Audit {
             "listener": record.listener,
             "cwd": record.cwd,
             "pid": record.pid,
-            "timed_out": report.timed_out,
-            "client_gone": client_gone,
+            "timed_out": report.timed_out(),
+            "client_gone": report.stopped_by == Some(Stop::ClientGone),
+            // Why rexecd ended it: timeout_ms, deadline, client_gone,
+            // shutdown or output_limit; null when it ended by itself.
+            "stopped_by": report.stopped_by.map(Stop::as_str),
+            "cpu_user_us": report.cpu.user.as_micros() as u64,
+            "cpu_system_us": report.cpu.system.as_micros() as u64,
             "stdout_bytes": report.stdout_bytes,
             "stderr_bytes": report.stderr_bytes,
             "truncated": report.truncated,

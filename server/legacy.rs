@@ -21,7 +21,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::StreamExt;
 use tokio_util::codec::{Encoder, FramedRead};
 
-use crate::runner::{Caller, Event, ExecSpec, ExitReport, Program, Runner, StdinMode, Termination};
+use crate::runner::Runner;
+use crate::runner::types::{Caller, Event, ExecSpec, ExitReport, Program, StdinMode, Termination};
 use crate::shutdown::Shutdown;
 
 /// How long a request start that could still be a length prefix (fewer than 4
@@ -258,8 +259,10 @@ impl Handler {
             cwd: None,
             stdin: request.stdin.map_or(StdinMode::Empty, StdinMode::Bytes),
             timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
+            deadline: None,
             tty: None,
             holds_output: true,
+            max_output: None,
         };
         let caller = Caller {
             peer: self.peer.to_string(),
@@ -470,7 +473,7 @@ impl OutputBuffer {
             ResponseHeader {
                 exit_code,
                 signal,
-                timed_out: Some(report.timed_out),
+                timed_out: Some(report.timed_out()),
                 duration_ms: Some(report.duration.as_millis() as u64),
                 // The runner's --max-output may cut before our own cap does.
                 truncated: Some(report.truncated),

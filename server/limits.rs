@@ -18,7 +18,7 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::runner::RunError;
+use crate::runner::types::RunError;
 
 /// Longest single argument or `NAME=VALUE` the kernel passes to a program
 /// (MAX_ARG_STRLEN); past it exec fails with E2BIG.

@@ -26,7 +26,7 @@ use tonic::transport::Server;
 use crate::audit::Audit;
 use crate::auth::{Authenticator, Tokens};
 use crate::run_as::RunAs;
-use crate::runner::{Runner, RunnerConfig};
+use crate::runner::{Containment, ContainmentMode, Runner, RunnerConfig};
 use crate::service::ExecService;
 use crate::shutdown::Shutdown;
 
@@ -91,6 +91,13 @@ struct Args {
     /// groups, with HOME, USER and LOGNAME set and HOME as the default cwd.
     #[arg(long, value_name = "USER")]
     run_as: Option<String>,
+
+    /// What holds every process of an exec: auto puts each exec in its own
+    /// cgroup v2 when rexecd can make one (systemd's Delegate=yes, or a
+    /// writable cgroup2 mount) and uses its process group otherwise; cgroup
+    /// refuses to start without cgroups; process-group never makes them.
+    #[arg(long, value_enum, default_value = "auto")]
+    containment: ContainmentMode,
 
     /// Shell that runs `command` requests as `SHELL -c COMMAND`.
     #[arg(long, default_value = "/bin/sh")]
@@ -253,6 +260,7 @@ struct Security {
     tls: Option<tonic::transport::ServerTlsConfig>,
     audit: Audit,
     run_as: Option<RunAs>,
+    containment: Containment,
 }
 
 impl Security {
@@ -279,11 +287,20 @@ impl Security {
             None => Audit::stderr(),
         };
         let run_as = args.run_as.as_deref().map(RunAs::lookup).transpose()?;
+        // Also kills what the execs of a crashed rexecd left in their cgroups.
+        let containment = Containment::choose(args.containment)?;
+        match containment.cgroup_dir() {
+            Some(dir) => {
+                tracing::info!(containment = %containment.name(), cgroups = %dir.display(), "exec containment")
+            }
+            None => tracing::info!(containment = %containment.name(), "exec containment"),
+        }
         Ok(Security {
             auth: Authenticator::new(tokens, args.tls_client_ca.is_some()),
             tls,
             audit,
             run_as,
+            containment,
         })
     }
 }
@@ -305,6 +322,7 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
             max_concurrent: args.max_concurrent as usize,
             max_output_bytes: (args.max_output > 0).then_some(args.max_output as u64),
             run_as: security.run_as,
+            containment: security.containment,
         },
         security.audit,
         &shutdown,

@@ -2,16 +2,19 @@
 //! user's uid, gid and supplementary groups between fork and exec, with HOME,
 //! USER and LOGNAME set as login would.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Uid, User};
 
 /// The account children run as, looked up once at start.
 #[derive(Debug, Clone)]
 pub struct RunAs {
     pub name: String,
-    pub uid: libc::uid_t,
-    pub gid: libc::gid_t,
-    pub groups: Vec<libc::gid_t>,
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
     pub home: PathBuf,
     pub shell: PathBuf,
 }
@@ -19,53 +22,36 @@ pub struct RunAs {
 impl RunAs {
     /// Looks `name` up in the password database; rexecd must be root to switch.
     pub fn lookup(name: &str) -> Result<RunAs, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             return Err(format!(
                 "--run-as {name} needs rexecd to start as root (it switches user for each command)"
             ));
         }
+        let user = User::from_name(name)
+            .map_err(|e| format!("--run-as {name}: cannot read the password database: {e}"))?
+            .ok_or_else(|| format!("--run-as {name}: no such user"))?;
         let c_name =
             CString::new(name).map_err(|_| "--run-as: the name contains NUL".to_string())?;
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call; strings land in `buffer`.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                c_name.as_ptr(),
-                &mut entry,
-                buffer.as_mut_ptr(),
-                buffer.len(),
-                &mut result,
-            )
-        };
-        if rc != 0 {
-            return Err(format!(
-                "--run-as {name}: cannot read the password database: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ));
-        }
-        if result.is_null() {
-            return Err(format!("--run-as {name}: no such user"));
-        }
-        // SAFETY: getpwnam_r succeeded, so the fields point into `buffer` (or are null).
-        let text = |field: *const libc::c_char| unsafe {
-            (!field.is_null()).then(|| CStr::from_ptr(field).to_string_lossy().into_owned())
-        };
-        let home = text(entry.pw_dir).unwrap_or_else(|| "/".into());
-        let shell = text(entry.pw_shell)
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "/bin/sh".into());
-        let groups = supplementary_groups(&c_name, entry.pw_gid)
+        // The user's groups as initgroups would set them, primary group included.
+        let groups = nix::unistd::getgrouplist(&c_name, user.gid)
             .map_err(|e| format!("--run-as {name}: cannot list its groups: {e}"))?;
+        let home = if user.dir.as_os_str().is_empty() {
+            PathBuf::from("/")
+        } else {
+            user.dir
+        };
+        let shell = if user.shell.as_os_str().is_empty() {
+            PathBuf::from("/bin/sh")
+        } else {
+            user.shell
+        };
         Ok(RunAs {
             name: name.to_string(),
-            uid: entry.pw_uid,
-            gid: entry.pw_gid,
+            uid: user.uid,
+            gid: user.gid,
             groups,
-            home: PathBuf::from(home),
-            shell: PathBuf::from(shell),
+            home,
+            shell,
         })
     }
 
@@ -79,49 +65,49 @@ impl RunAs {
     }
 
     /// Where a command without a cwd starts: the user's home, as ssh does,
-    /// or `/` when it has none (`nobody`'s is /nonexistent).
+    /// or `/` when it has none (`nobody`'s is /nonexistent) or cannot enter it.
     pub fn default_cwd(&self) -> &Path {
-        if self.home.is_dir() {
+        if self.home.is_dir() && self.can_search_path(&self.home) {
             &self.home
         } else {
             Path::new("/")
         }
     }
 
-    /// Runs in the child between fork and exec: groups first, then gid, then
-    /// uid (after setuid nothing else may change). Only async-signal-safe calls.
-    pub fn switch_in_child(&self) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
-        let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
-        move || {
-            // SAFETY: plain syscalls on values owned by the closure.
-            unsafe {
-                if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
+    /// Whether the user may enter `dir`: search permission on it and on every
+    /// directory above it, by owner, group or other bits. Only for a clear
+    /// status up front; the child enters the cwd as the user, which is what
+    /// decides (ACLs included).
+    pub fn can_search_path(&self, dir: &Path) -> bool {
+        if self.uid.is_root() {
+            return true;
+        }
+        let Ok(dir) = dir.canonicalize() else {
+            return false;
+        };
+        dir.ancestors().all(|step| {
+            std::fs::metadata(step).is_ok_and(|meta| {
+                let mode = meta.mode();
+                if meta.uid() == self.uid.as_raw() {
+                    mode & 0o100 != 0
+                } else if self.gid.as_raw() == meta.gid()
+                    || self.groups.iter().any(|g| g.as_raw() == meta.gid())
                 {
-                    return Err(std::io::Error::last_os_error());
+                    mode & 0o010 != 0
+                } else {
+                    mode & 0o001 != 0
                 }
-            }
-            Ok(())
-        }
+            })
+        })
     }
-}
 
-/// The user's groups as initgroups would set them, primary group included.
-fn supplementary_groups(name: &CStr, primary: libc::gid_t) -> std::io::Result<Vec<libc::gid_t>> {
-    let mut count: libc::c_int = 32;
-    for _ in 0..8 {
-        let mut groups = vec![0 as libc::gid_t; count.max(1) as usize];
-        let mut found = count;
-        // SAFETY: `groups` has room for `found` entries; getgrouplist updates `found`.
-        let rc =
-            unsafe { libc::getgrouplist(name.as_ptr(), primary, groups.as_mut_ptr(), &mut found) };
-        if rc >= 0 {
-            groups.truncate(found.max(0) as usize);
-            return Ok(groups);
-        }
-        // Too small: `found` now says how many there are.
-        count = found.max(count.saturating_mul(2));
+    /// Runs in the child between fork and exec: groups first, then gid, then
+    /// uid (after setuid nothing else may change). Only async-signal-safe
+    /// calls: the values were copied before the fork.
+    pub fn switch(&self) -> std::io::Result<()> {
+        nix::unistd::setgroups(&self.groups)?;
+        nix::unistd::setgid(self.gid)?;
+        nix::unistd::setuid(self.uid)?;
+        Ok(())
     }
-    Err(std::io::Error::other("group list keeps growing"))
 }

@@ -15,10 +15,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::runner::{
-    Caller, Event, ExecInput, ExecSpec, Execution, Program, RunError, Runner, StdinMode,
-    Termination,
+use crate::runner::types::{
+    Caller, Event, ExecSpec, Program, RunError, StdinMode, Stop, Termination,
 };
+use crate::runner::{ExecInput, Execution, Runner};
 use crate::shutdown::Shutdown;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<ExecResponse, Status>> + Send>>;
@@ -41,7 +41,9 @@ impl RemoteExec for ExecService {
 
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<EventStream>, Status> {
         let caller = self.admit(&request)?;
-        let spec = spec_from_request(request.into_inner(), false)?;
+        let deadline = deadline_of(request.metadata());
+        let mut spec = spec_from_request(request.into_inner(), false)?;
+        spec.deadline = deadline;
         let execution = self.runner.start(spec, caller).await.map_err(status_from)?;
         Ok(Response::new(event_stream(execution, None)))
     }
@@ -51,6 +53,7 @@ impl RemoteExec for ExecService {
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<EventStream>, Status> {
         let caller = self.admit(&request)?;
+        let deadline = deadline_of(request.metadata());
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -65,6 +68,7 @@ impl RemoteExec for ExecService {
         let initial_stdin = start.stdin.clone();
         let mut spec = spec_from_request(start, true)?;
         spec.stdin = StdinMode::Stream;
+        spec.deadline = deadline;
         let mut execution = self.runner.start(spec, caller).await.map_err(status_from)?;
         let input = execution
             .input
@@ -106,7 +110,7 @@ fn event_stream(execution: Execution, errors: Option<mpsc::Receiver<Status>>) ->
             exec_id: execution.exec_id,
         })),
     };
-    let events = ReceiverStream::new(execution.events).map(|event| Ok(response_from(event)));
+    let events = ReceiverStream::new(execution.events).map(response_from);
     match errors {
         None => Box::pin(tokio_stream::once(Ok(started)).chain(events)),
         Some(errors) => {
@@ -229,8 +233,10 @@ pub fn spec_from_request(request: ExecRequest, session: bool) -> Result<ExecSpec
             StdinMode::Bytes(request.stdin)
         },
         timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
+        deadline: None,
         tty,
         holds_output: false,
+        max_output: None,
     })
 }
 
@@ -244,21 +250,76 @@ pub fn status_from(error: RunError) -> Status {
     }
 }
 
-fn response_from(event: Event) -> ExecResponse {
+/// One runner event as a response. An exec ended by the caller's deadline
+/// ends the call with DEADLINE_EXCEEDED instead of its `exit` (the audit line
+/// keeps how it ended).
+fn response_from(event: Event) -> Result<ExecResponse, Status> {
     let event = match event {
         Event::Stdout(bytes) => exec_response::Event::Stdout(bytes),
         Event::Stderr(bytes) => exec_response::Event::Stderr(bytes),
+        Event::Exit(report) if report.stopped_by == Some(Stop::Deadline) => {
+            return Err(Status::deadline_exceeded(format!(
+                "the call's deadline passed after {} ms: the command was killed",
+                report.duration.as_millis()
+            )));
+        }
         Event::Exit(report) => exec_response::Event::Exit(Exit {
             status: Some(match report.termination {
                 Termination::Code(code) => exit::Status::Code(code),
                 Termination::Signal(signal) => exit::Status::Signal(rexec::signals::name(signal)),
             }),
-            timed_out: report.timed_out,
+            timed_out: report.timed_out(),
             duration_ms: report.duration.as_millis() as u64,
             stdout_bytes: report.stdout_bytes,
             stderr_bytes: report.stderr_bytes,
             truncated: report.truncated,
+            cpu_user_us: report.cpu.user.as_micros() as u64,
+            cpu_system_us: report.cpu.system.as_micros() as u64,
         }),
     };
-    ExecResponse { event: Some(event) }
+    Ok(ExecResponse { event: Some(event) })
+}
+
+/// The caller's deadline from its `grpc-timeout` header (gRPC over HTTP/2:
+/// up to 8 digits and a unit, H M S m u n). tonic bounds only the call's
+/// start with it; a streaming exec is bounded here, through the runner.
+fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let digits = value.get(..value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match value.as_bytes()[value.len() - 1] {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_headers_parse_as_the_spec_says() {
+        let parse = |value: &str| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            deadline_of(&metadata)
+        };
+        assert_eq!(parse("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse("123456789S"), None, "more than 8 digits");
+        assert_eq!(parse("S"), None);
+        assert_eq!(parse("10x"), None);
+        assert_eq!(parse("-1S"), None);
+        assert_eq!(deadline_of(&tonic::metadata::MetadataMap::new()), None);
+    }
 }

@@ -214,6 +214,10 @@ pub struct ExitStatus {
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
     pub truncated: bool,
+    /// CPU time of the whole exec (every process it ran, where the server
+    /// has a cgroup per exec), user and system.
+    pub cpu_user: Duration,
+    pub cpu_system: Duration,
 }
 
 impl ExitStatus {
@@ -249,6 +253,8 @@ impl From<proto::Exit> for ExitStatus {
             stdout_bytes: exit.stdout_bytes,
             stderr_bytes: exit.stderr_bytes,
             truncated: exit.truncated,
+            cpu_user: Duration::from_micros(exit.cpu_user_us),
+            cpu_system: Duration::from_micros(exit.cpu_system_us),
         }
     }
 }
