@@ -216,6 +216,8 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     tune_malloc();
+    // Nothing rexecd was handed (an fd 9 from a wrapper script) reaches a command.
+    runner::mark_inherited_descriptors();
     // One thread moves every connection's output: a chunk goes from the pipe
     // reader to the HTTP/2 connection without crossing threads, which cut
     // rexecd's CPU per streamed GiB by a third. Spawning (a blocking

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use containment::{Containment, ContainmentMode};
+pub use spawn::mark_inherited_descriptors;
 pub use stdin::ExecInput;
 use types::{Caller, Event, ExecSpec, RunError, StdinMode, Stop};
 

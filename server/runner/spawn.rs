@@ -77,6 +77,15 @@ impl ChildSetup {
         })
     }
 
+    /// Whether the child needs any of it. Without, the standard library can
+    /// spawn by posix_spawn (vfork-like) rather than fork, which is three
+    /// times the execs/s on two cores (BENCHMARKS.md); the cwd is then
+    /// entered by `Command::current_dir`, and descriptors were marked
+    /// close-on-exec at start (`mark_inherited_descriptors`).
+    fn needed(&self) -> bool {
+        self.joiner.is_some() || self.run_as.is_some()
+    }
+
     fn run(&self) -> std::io::Result<()> {
         if let Some(joiner) = &self.joiner {
             joiner.join()?;
@@ -116,6 +125,28 @@ fn mark_descriptors_cloexec(fd_limit: i32) {
     }
 }
 
+/// Marks every descriptor rexecd inherited above 2 close-on-exec, once at
+/// start: those it opens itself already are, so a child spawned without
+/// `ChildSetup` gets none either.
+pub fn mark_inherited_descriptors() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        mark_descriptors_cloexec(1024);
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD only sets a flag; the directory's own descriptor,
+        // closed by now, gives EBADF at worst.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
 fn spawn_with_pipes(
     resolved: &Resolved,
     spec: &ExecSpec,
@@ -126,9 +157,13 @@ fn spawn_with_pipes(
     if let Some(user) = run_as {
         command.envs(user.env());
     }
-    // SAFETY: `ChildSetup::run` makes only async-signal-safe calls.
-    unsafe {
-        command.pre_exec(move || setup.run());
+    if setup.needed() {
+        // SAFETY: `ChildSetup::run` makes only async-signal-safe calls.
+        unsafe {
+            command.pre_exec(move || setup.run());
+        }
+    } else if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
     }
     command
         .args(&resolved.args)

@@ -118,7 +118,8 @@ impl Supervisor {
             budget,
             ..
         } = self;
-        group.remove();
+        // rmdir may wait out a cgroup still emptying: not on the runtime thread.
+        let _ = tokio::task::spawn_blocking(move || group.remove()).await;
 
         let report = ExitReport {
             termination,
