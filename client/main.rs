@@ -85,7 +85,9 @@ struct Cli {
     connect_timeout: Duration,
 
     /// Read the bearer token for `rexecd --tokens-file` from FILE (just the
-    /// token). Without it, $REXEC_TOKEN is used when set.
+    /// token). Without it, $REXEC_TOKEN is used when set; without either, a
+    /// loopback --addr gets this user's local token, which a default rexecd
+    /// requires ($REXEC_LOCAL_TOKEN_FILE, else ~/.local/state/rexec/token).
     #[arg(long, value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
 
@@ -185,6 +187,7 @@ fn client_options(cli: &Cli) -> Result<ClientOptions, Failure> {
     Ok(ClientOptions {
         connect_timeout: cli.connect_timeout,
         token,
+        local_token: true,
         ca_pem: cli.ca.as_deref().map(|ca| read("--ca", ca)).transpose()?,
         identity_pem,
         tls_server_name: cli.tls_server_name.clone(),

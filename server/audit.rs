@@ -66,13 +66,29 @@ impl Audit {
         })
     }
 
+    /// A call refused before anything ran (credentials, limits, a bad
+    /// request): who asked, and why, in the status the client got.
+    pub fn refused(&self, peer: &str, principal: &str, listener: &str, status: &tonic::Status) {
+        self.write(json!({
+            "audit": "refused",
+            "time": now(),
+            "peer": peer,
+            "principal": principal,
+            "listener": listener,
+            "status": status_name(status.code()),
+            "reason": status.message(),
+        }));
+    }
+
+    /// An insecure choice made at start, recorded where the commands are.
+    pub fn warning(&self, message: &str) {
+        self.write(json!({"audit": "warning", "time": now(), "message": message}));
+    }
+
     pub fn exec_finished(&self, record: &AuditRecord, report: &ExitReport) {
-        let time = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
         let mut line = json!({
             "audit": "exec",
-            "time": time,
+            "time": now(),
             "exec_id": record.exec_id,
             "peer": record.peer,
             "principal": record.principal,
@@ -100,6 +116,10 @@ impl Audit {
             Termination::Code(code) => line["exit_code"] = json!(code),
             Termination::Signal(signal) => line["signal"] = json!(rexec::signals::name(signal)),
         }
+        self.write(line);
+    }
+
+    fn write(&self, line: serde_json::Value) {
         let mut text = line.to_string();
         text.push('\n');
         if let Ok(mut sink) = self.sink.lock() {
@@ -109,4 +129,22 @@ impl Audit {
             }
         }
     }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `UNAUTHENTICATED`, `RESOURCE_EXHAUSTED`: the names gRPC documents.
+pub fn status_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }

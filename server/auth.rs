@@ -9,6 +9,9 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
+use crate::audit::Audit;
+use crate::connections::Connections;
+
 /// Shortest token accepted: anything shorter is within reach of guessing.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -111,42 +114,70 @@ impl Tokens {
     pub fn count(&self) -> usize {
         self.entries.len()
     }
+
+    /// The local token alone, under the name `principal` (`local:USER`).
+    pub fn local(principal: String, token: String) -> Tokens {
+        Tokens {
+            entries: vec![TokenEntry {
+                name: principal,
+                token: token.into_bytes(),
+            }],
+        }
+    }
 }
 
-/// Checks each request's credentials and records its principal.
+/// What rexecd requires of a caller, decided at start.
+pub struct Credentials {
+    pub tokens: Option<Tokens>,
+    /// The TLS layer requires a verified client certificate (mTLS), whose
+    /// name is the principal unless a token names one.
+    pub client_certs: bool,
+    /// `tokens` is the default local token, not a `--tokens-file`.
+    pub local: bool,
+}
+
+/// Checks each request's credentials, records its principal, and audits
+/// a refusal.
 #[derive(Clone)]
 pub struct Authenticator {
     tokens: Option<Arc<Tokens>>,
     client_certs: bool,
+    local: bool,
+    audit: Audit,
+    connections: Connections,
 }
 
 impl Authenticator {
-    /// `client_certs`: the TLS layer requires a verified client certificate
-    /// (mTLS), whose name is the principal unless a token names one.
-    pub fn new(tokens: Option<Tokens>, client_certs: bool) -> Self {
+    pub fn new(credentials: Credentials, audit: Audit, connections: Connections) -> Self {
         Authenticator {
-            tokens: tokens.map(Arc::new),
-            client_certs,
+            tokens: credentials.tokens.map(Arc::new),
+            client_certs: credentials.client_certs,
+            local: credentials.local,
+            audit,
+            connections,
         }
     }
 
-    /// Whether any credential is required (the non-loopback check).
-    pub fn is_enabled(&self) -> bool {
-        self.tokens.is_some() || self.client_certs
-    }
-
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
+    /// The principal, or the refusal with the principal known so far.
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<String, (Status, Option<String>)> {
         let cert_name = if self.client_certs {
-            Some(certificate_principal(request)?)
+            Some(certificate_principal(request).map_err(|status| (status, None))?)
         } else {
             None
         };
         if let Some(tokens) = &self.tokens {
-            let token = bearer_token(request)?;
+            let refused = |status| (status, cert_name.clone());
+            let token = bearer_token(request, self.local).map_err(refused)?;
             return tokens
                 .verify(token.as_bytes())
                 .map(str::to_string)
-                .ok_or_else(|| Status::unauthenticated("invalid token"));
+                .ok_or_else(|| {
+                    refused(Status::unauthenticated(if self.local {
+                        "invalid token: not the local token of the user who started this rexecd"
+                    } else {
+                        "invalid token"
+                    }))
+                });
         }
         Ok(cert_name.unwrap_or_else(|| "anonymous".into()))
     }
@@ -156,14 +187,17 @@ impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         match self.authenticate(&request) {
             Ok(name) => {
+                self.connections.authenticated(request.remote_addr());
                 request.extensions_mut().insert(Principal(name));
                 Ok(request)
             }
-            Err(status) => {
+            Err((status, principal)) => {
                 let peer = request
                     .remote_addr()
                     .map_or_else(|| "unknown".into(), |a| a.to_string());
-                tracing::warn!(%peer, "refused: {}", status.message());
+                tracing::debug!(%peer, "refused: {}", status.message());
+                let principal = principal.as_deref().unwrap_or("unauthenticated");
+                self.audit.refused(&peer, principal, "grpc", &status);
                 Err(status)
             }
         }
@@ -171,11 +205,15 @@ impl tonic::service::Interceptor for Authenticator {
 }
 
 /// The token of `authorization: Bearer TOKEN`.
-fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
+fn bearer_token<T>(request: &Request<T>, local: bool) -> Result<&str, Status> {
     let missing = || {
-        Status::unauthenticated(
-            "missing credentials: send `authorization: Bearer TOKEN` (rexec --token-file or REXEC_TOKEN)",
-        )
+        Status::unauthenticated(if local {
+            "missing credentials: this rexecd runs commands only for the user who started it; \
+             send `authorization: Bearer TOKEN` with the token in that user's \
+             ~/.local/state/rexec/token (rexec sends it by itself to loopback addresses)"
+        } else {
+            "missing credentials: send `authorization: Bearer TOKEN` (rexec --token-file or REXEC_TOKEN)"
+        })
     };
     let value = request
         .metadata()
@@ -262,16 +300,16 @@ mod tests {
     fn bearer_scheme_is_case_insensitive_and_required() {
         let mut request = Request::new(());
         assert_eq!(
-            bearer_token(&request).unwrap_err().code(),
+            bearer_token(&request, false).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
         request
             .metadata_mut()
             .insert("authorization", format!("bearer {A}").parse().unwrap());
-        assert_eq!(bearer_token(&request).unwrap(), A);
+        assert_eq!(bearer_token(&request, false).unwrap(), A);
         request
             .metadata_mut()
             .insert("authorization", format!("Basic {A}").parse().unwrap());
-        assert!(bearer_token(&request).is_err());
+        assert!(bearer_token(&request, false).is_err());
     }
 }

@@ -1,22 +1,21 @@
 //! Limits that keep one client from taking the daemon down: execs running at
-//! once, output per exec, argv and environment size, gRPC connections, and
-//! the status an oversized request gets. Each answers at once, never queues.
+//! once, output per exec, argv and environment size, and the status an
+//! oversized request gets (gRPC connections: `connections.rs`). Each answers
+//! at once, never queues.
 
 use std::convert::Infallible;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::audit::Audit;
+use crate::auth::Principal;
 
 use crate::runner::types::RunError;
 
@@ -133,88 +132,6 @@ pub fn check_exec_size(args: &[String], env: &[(String, String)]) -> Result<(), 
     Ok(())
 }
 
-/// A gRPC connection that holds one of `--max-connections` slots until it closes.
-pub struct LimitedConnection {
-    stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
-}
-
-/// Accepted connections past `max` open at once are closed at once (the
-/// client sees UNAVAILABLE) rather than left waiting in the backlog.
-pub fn limit_connections<S>(
-    incoming: S,
-    max: usize,
-) -> impl Stream<Item = io::Result<LimitedConnection>>
-where
-    S: Stream<Item = io::Result<TcpStream>>,
-{
-    let slots = Arc::new(Semaphore::new(max));
-    incoming.filter_map(move |accepted| match accepted {
-        Err(e) => Some(Err(e)),
-        Ok(stream) => match slots.clone().try_acquire_owned() {
-            Ok(slot) => Some(Ok(LimitedConnection {
-                stream,
-                _slot: slot,
-            })),
-            Err(_) => {
-                let peer = stream
-                    .peer_addr()
-                    .map_or_else(|_| "unknown".into(), |a| a.to_string());
-                tracing::warn!(%peer, "closing connection: {max} open (rexecd --max-connections)");
-                None
-            }
-        },
-    })
-}
-
-impl Connected for LimitedConnection {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for LimitedConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LimitedConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
 /// tonic answers a request message over `--max-request-size` with
 /// OUT_OF_RANGE; gRPC's convention (and DESIGN.md) is RESOURCE_EXHAUSTED.
 pub fn request_too_large(status: &tonic::Status) -> Option<tonic::Status> {
@@ -227,15 +144,16 @@ fn is_size_message(message: &str) -> bool {
 }
 
 /// Wraps a gRPC service so that a request over the size limit, refused by
-/// tonic before the handler runs, reads RESOURCE_EXHAUSTED.
+/// tonic before the handler runs, reads RESOURCE_EXHAUSTED and is audited.
 #[derive(Clone)]
 pub struct RequestSizeStatus<S> {
     inner: S,
+    audit: Audit,
 }
 
 impl<S> RequestSizeStatus<S> {
-    pub fn new(inner: S) -> Self {
-        RequestSizeStatus { inner }
+    pub fn new(inner: S, audit: Audit) -> Self {
+        RequestSizeStatus { inner, audit }
     }
 }
 
@@ -257,6 +175,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let peer = crate::connections::request_peer(&request)
+            .map_or_else(|| "unknown".into(), |a| a.to_string());
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .map_or_else(|| "anonymous".into(), |p| p.0.clone());
+        let audit = self.audit.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;
@@ -268,6 +193,7 @@ where
             if let Some(status) = replaced
                 && status.add_header(response.headers_mut()).is_ok()
             {
+                audit.refused(&peer, &principal, "grpc", &status);
                 response.extensions_mut().insert(status);
             }
             Ok(response)

@@ -4,11 +4,15 @@
 mod audit;
 mod auth;
 mod config;
+mod connections;
 mod incoming;
 mod legacy;
 mod limits;
+mod local_token;
+mod rate_limited;
 mod run_as;
 mod runner;
+mod security;
 mod service;
 mod shutdown;
 mod tls;
@@ -23,10 +27,10 @@ use rexec::proto::remote_exec_server::RemoteExecServer;
 use tonic::codegen::InterceptedService;
 use tonic::transport::Server;
 
-use crate::audit::Audit;
-use crate::auth::{Authenticator, Tokens};
-use crate::run_as::RunAs;
-use crate::runner::{Containment, ContainmentMode, Runner, RunnerConfig};
+use crate::auth::Authenticator;
+use crate::connections::{ConnectionLimits, Connections, Tracked};
+use crate::runner::{ContainmentMode, Runner, RunnerConfig};
+use crate::security::Security;
 use crate::service::ExecService;
 use crate::shutdown::Shutdown;
 
@@ -39,10 +43,24 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
 
-    /// Serve on a non-loopback address without authentication. Anyone who can
-    /// reach the port can run commands as this user.
+    /// Require no credential at all. By default (no --tokens-file, no mTLS)
+    /// only clients with this user's local token may run commands; with this
+    /// flag anyone who can reach the port can, every local user included.
+    /// Warned about on every start; needed for a non-loopback --listen
+    /// without authentication.
     #[arg(long)]
     insecure_no_auth: bool,
+
+    /// Where the default credential, the per-user local token, is kept (made
+    /// on first start, mode 0600 in a 0700 directory owned by this user).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "REXEC_LOCAL_TOKEN_FILE",
+        default_value_os_t = rexec::local_token::path().unwrap_or_default(),
+        hide_default_value = true
+    )]
+    local_token_file: std::path::PathBuf,
 
     /// Require `authorization: Bearer TOKEN` on every call. FILE has lines of
     /// NAME TOKEN (NAME is the principal in the audit log; `#` comments and
@@ -79,9 +97,22 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value = "0", value_parser = legacy::parse_size)]
     max_output: usize,
 
-    /// gRPC connections open at once; more are closed as they arrive.
+    /// gRPC connections open at once. When full, the oldest connection that
+    /// has made no authenticated call is closed to make room; when all are
+    /// authenticated, new ones are closed as they arrive.
     #[arg(long, value_name = "N", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
+
+    /// gRPC connections open at once that have made no authenticated call yet
+    /// (OpenSSH's MaxStartups); past it the oldest is closed. Each must send
+    /// HTTP/2 within 5 s and may sit without a call for 10 s.
+    #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u32).range(1..))]
+    max_unauthenticated: u32,
+
+    /// Close an authenticated gRPC connection with no call in progress for
+    /// this long; 0 means never.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = rexec::duration::parse)]
+    idle_timeout: Duration,
 
     /// Append audit lines (one JSON object per command) to FILE instead of stderr.
     #[arg(long, value_name = "FILE")]
@@ -131,6 +162,11 @@ struct Args {
     /// authentication: anyone who can reach the port can run commands.
     #[arg(long)]
     legacy_allow_remote: bool,
+
+    /// Serve --legacy-listen beside --tokens-file or mTLS, acknowledging that
+    /// the legacy listener lets anyone who reaches it in without a credential.
+    #[arg(long)]
+    legacy_allow_anonymous: bool,
 
     /// Output held for one legacy answer (its length goes before the body);
     /// past it the output is cut and the header says "truncated": true.
@@ -191,30 +227,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if !args.listen.ip().is_loopback() && !args.insecure_no_auth && !security.auth.is_enabled() {
-        eprintln!(
-            "rexecd: refusing to listen on non-loopback {} without authentication; \
-             pass --tokens-file FILE, or --tls-client-ca FILE with --tls-cert/--tls-key (mTLS), \
-             or listen on 127.0.0.1, or pass --insecure-no-auth",
-            args.listen
-        );
-        return std::process::ExitCode::from(2);
-    }
-    if !args.listen.ip().is_loopback() && args.tokens_file.is_some() && security.tls.is_none() {
-        tracing::warn!(
-            "bearer tokens will cross the network in clear text: add --tls-cert and --tls-key"
-        );
-    }
-    if let Some(addr) = args.legacy_listen
-        && !addr.ip().is_loopback()
-        && !args.legacy_allow_remote
-    {
-        eprintln!(
-            "rexecd: refusing the legacy listener on non-loopback {addr}: the legacy protocol \
-             has no authentication; listen on 127.0.0.1, or pass --legacy-allow-remote"
-        );
-        return std::process::ExitCode::from(2);
-    }
+    raise_open_files_limit();
     tune_malloc();
     // Nothing rexecd was handed (an fd 9 from a wrapper script) reaches a command.
     runner::mark_inherited_descriptors();
@@ -255,55 +268,20 @@ fn tune_malloc() {
     }
 }
 
-/// Credentials, TLS, audit sink and run-as user, all read and checked before
-/// the runtime starts: a bad file stops rexecd with exit 2 and a message.
-struct Security {
-    auth: Authenticator,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    audit: Audit,
-    run_as: Option<RunAs>,
-    containment: Containment,
-}
-
-impl Security {
-    fn from_args(args: &Args) -> Result<Security, String> {
-        let tokens = match &args.tokens_file {
-            Some(path) => {
-                let tokens = Tokens::load(path).map_err(|e| format!("--tokens-file: {e}"))?;
-                tracing::info!(names = tokens.count(), "bearer tokens loaded");
-                Some(tokens)
-            }
-            None => None,
-        };
-        let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::server_config(
-                cert,
-                key,
-                args.tls_client_ca.as_deref(),
-            )?),
-            _ => None,
-        };
-        let audit = match &args.audit_log {
-            Some(path) => Audit::file(path)
-                .map_err(|e| format!("cannot open --audit-log {}: {e}", path.display()))?,
-            None => Audit::stderr(),
-        };
-        let run_as = args.run_as.as_deref().map(RunAs::lookup).transpose()?;
-        // Also kills what the execs of a crashed rexecd left in their cgroups.
-        let containment = Containment::choose(args.containment)?;
-        match containment.cgroup_dir() {
-            Some(dir) => {
-                tracing::info!(containment = %containment.name(), cgroups = %dir.display(), "exec containment")
-            }
-            None => tracing::info!(containment = %containment.name(), "exec containment"),
+/// Each connection is a file descriptor: allow as many as the hard limit
+/// says, so --max-connections, not a soft default of 1024, is what binds.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
-        Ok(Security {
-            auth: Authenticator::new(tokens, args.tls_client_ca.is_some()),
-            tls,
-            audit,
-            run_as,
-            containment,
-        })
     }
 }
 
@@ -312,7 +290,13 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let grpc_addr = listener.local_addr()?;
-    let incoming = incoming::accept_with_backoff(listener);
+    let connections = Connections::new(ConnectionLimits {
+        max_connections: args.max_connections as usize,
+        max_unauthenticated: args.max_unauthenticated as usize,
+        idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
+    });
+    let incoming = connections.admitted(incoming::accept_with_backoff(listener));
+    let audit = security.audit.clone();
 
     let shutdown = Shutdown::default();
     let runner = Runner::new(
@@ -345,15 +329,19 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         None => None,
     };
     // Credentials are checked from the headers, before a request body is read.
-    let exec_service = limits::RequestSizeStatus::new(InterceptedService::new(
-        RemoteExecServer::new(ExecService::new(runner, shutdown.clone()))
-            .max_decoding_message_size(args.max_request_size),
-        security.auth,
-    ));
-    let mut server_builder = Server::builder();
-    if let Some(tls) = security.tls {
-        server_builder = server_builder.tls_config(tls)?;
-    }
+    let authenticator =
+        Authenticator::new(security.credentials, audit.clone(), connections.clone());
+    let exec_service = Tracked::new(
+        InterceptedService::new(
+            limits::RequestSizeStatus::new(
+                RemoteExecServer::new(ExecService::new(runner, shutdown.clone(), audit.clone()))
+                    .max_decoding_message_size(args.max_request_size),
+                audit,
+            ),
+            authenticator,
+        ),
+        &connections,
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RemoteExecServer<ExecService>>().await;
@@ -401,15 +389,21 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
     tracing::info!(%grpc_addr, "rexecd ready");
     let legacy = legacy.map(|listener| tokio::spawn(listener.run()));
 
-    let server = server_builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(exec_service)
-        .serve_with_incoming_shutdown(
-            limits::limit_connections(incoming, args.max_connections as usize),
-            stop_accepting,
-        );
+    let router = Server::builder()
+        .add_service(Tracked::new(health_service, &connections))
+        .add_service(Tracked::new(reflection_v1, &connections))
+        .add_service(Tracked::new(reflection_v1alpha, &connections))
+        .add_service(exec_service);
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>>>> =
+        match security.tls {
+            Some(config) => {
+                Box::pin(router.serve_with_incoming_shutdown(
+                    tls::handshakes(incoming, config),
+                    stop_accepting,
+                ))
+            }
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting)),
+        };
     // A client that never answers GOAWAY must not keep the daemon alive: once
     // execs are being killed, connections get the kill grace and a second more.
     let connections_deadline = async {

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::audit::Audit;
 use crate::runner::types::{
     Caller, Event, ExecSpec, Program, RunError, StdinMode, Stop, Termination,
 };
@@ -26,11 +27,25 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<ExecResponse, Status>> + Sen
 pub struct ExecService {
     runner: Arc<Runner>,
     shutdown: Shutdown,
+    audit: Audit,
 }
 
 impl ExecService {
-    pub fn new(runner: Arc<Runner>, shutdown: Shutdown) -> Self {
-        ExecService { runner, shutdown }
+    pub fn new(runner: Arc<Runner>, shutdown: Shutdown, audit: Audit) -> Self {
+        ExecService {
+            runner,
+            shutdown,
+            audit,
+        }
+    }
+
+    /// Every refused call leaves one audit line (a call that ran has its exec line).
+    fn audited<T>(&self, caller: &Caller, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(status) = &result {
+            self.audit
+                .refused(&caller.peer, &caller.principal, caller.listener, status);
+        }
+        result
     }
 }
 
@@ -40,11 +55,18 @@ impl RemoteExec for ExecService {
     type SessionStream = EventStream;
 
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<EventStream>, Status> {
-        let caller = self.admit(&request)?;
-        let deadline = deadline_of(request.metadata());
-        let mut spec = spec_from_request(request.into_inner(), false)?;
-        spec.deadline = deadline;
-        let execution = self.runner.start(spec, caller).await.map_err(status_from)?;
+        let caller = self.caller(&request);
+        let started = async {
+            self.admit()?;
+            let deadline = deadline_of(request.metadata());
+            let mut spec = spec_from_request(request.into_inner(), false)?;
+            spec.deadline = deadline;
+            self.runner
+                .start(spec, caller.clone())
+                .await
+                .map_err(status_from)
+        };
+        let execution = self.audited(&caller, started.await)?;
         Ok(Response::new(event_stream(execution, None)))
     }
 
@@ -52,7 +74,19 @@ impl RemoteExec for ExecService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<EventStream>, Status> {
-        let caller = self.admit(&request)?;
+        let caller = self.caller(&request);
+        let started = self.start_session(request, caller.clone()).await;
+        self.audited(&caller, started)
+    }
+}
+
+impl ExecService {
+    async fn start_session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+        caller: Caller,
+    ) -> Result<Response<EventStream>, Status> {
+        self.admit()?;
         let deadline = deadline_of(request.metadata());
         let mut inbound = request.into_inner();
         let first = inbound
@@ -78,15 +112,18 @@ impl RemoteExec for ExecService {
         tokio::spawn(forward_input(inbound, input, initial_stdin, errors_tx));
         Ok(Response::new(event_stream(execution, Some(errors_rx))))
     }
-}
 
-impl ExecService {
-    /// Checks that a new exec may start and says who asked.
-    fn admit<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    /// Checks that a new exec may start.
+    fn admit(&self) -> Result<(), Status> {
         if self.shutdown.is_draining() {
             return Err(Status::unavailable("server is shutting down"));
         }
-        Ok(Caller {
+        Ok(())
+    }
+
+    /// Who asked.
+    fn caller<T>(&self, request: &Request<T>) -> Caller {
+        Caller {
             peer: request
                 .remote_addr()
                 .map_or_else(|| "unknown".into(), |a| a.to_string()),
@@ -96,7 +133,7 @@ impl ExecService {
                 .get::<crate::auth::Principal>()
                 .map_or_else(|| "anonymous".into(), |p| p.0.clone()),
             listener: "grpc",
-        })
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::proto::{self, exec_response, remote_exec_client::RemoteExecClient, session_request};
+use crate::tls_words::Side;
 
 /// HTTP/2 frame size the client advertises. The receiver's setting governs a
 /// download, and 1 MiB frames cut per-frame work on big outputs.
@@ -39,6 +40,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Sent as `authorization: Bearer TOKEN` with every call (`rexecd --tokens-file`).
     pub token: Option<String>,
+    /// Without `token`, send this user's local token (`crate::local_token`)
+    /// to a loopback address: what a default rexecd requires.
+    pub local_token: bool,
     /// PEM CA certificate(s) that signed the server's certificate; without
     /// it an https:// server must have a certificate the system trusts.
     pub ca_pem: Option<Vec<u8>>,
@@ -61,6 +65,7 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_secs(10),
             token: None,
+            local_token: true,
             ca_pem: None,
             identity_pem: None,
             tls_server_name: None,
@@ -74,6 +79,7 @@ impl std::fmt::Debug for ClientOptions {
         f.debug_struct("ClientOptions")
             .field("connect_timeout", &self.connect_timeout)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("local_token", &self.local_token)
             .field("ca_pem", &self.ca_pem.is_some())
             .field("identity_pem", &self.identity_pem.is_some())
             .field("tls_server_name", &self.tls_server_name)
@@ -106,7 +112,10 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::Connect { addr, reason } => write!(f, "cannot connect to {addr}: {reason}"),
-            Error::Status(status) => f.write_str(&describe_status(status)),
+            Error::Status(status) => match crate::tls_words::find(status, Side::Client) {
+                Some(words) => write!(f, "TLS: {words}"),
+                None => f.write_str(&describe_status(status)),
+            },
             Error::Protocol(message) => f.write_str(message),
         }
     }
@@ -383,7 +392,12 @@ impl Client {
                 "TLS options (CA, certificate, server name) need an https:// address".into(),
             ));
         }
-        let authorization = match &options.token {
+        let token = match &options.token {
+            Some(token) => Some(token.clone()),
+            None if options.local_token => crate::local_token::for_address(addr),
+            None => None,
+        };
+        let authorization = match &token {
             Some(token) => {
                 let mut value: MetadataValue<Ascii> =
                     format!("Bearer {}", token.trim()).parse().map_err(|_| {
@@ -514,6 +528,9 @@ fn tls_config(options: &ClientOptions) -> ClientTlsConfig {
 
 /// The innermost error, as "connection refused" rather than a transport chain.
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(words) = crate::tls_words::find(error, Side::Client) {
+        return format!("TLS: {words}");
+    }
     let mut current = error;
     while let Some(next) = current.source() {
         current = next;

@@ -5,7 +5,9 @@
 pub mod client;
 pub mod duration;
 pub mod legacy;
+pub mod local_token;
 pub mod signals;
+pub mod tls_words;
 
 /// Generated gRPC types and stubs for `rexec.v1`.
 pub mod proto {

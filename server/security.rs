@@ -1,0 +1,160 @@
+//! Who may call, decided from the flags before the runtime starts: the
+//! credentials (tokens file, mTLS, else the per-user local token), TLS, the
+//! audit sink and run-as user. A combination that would expose more than
+//! the flags say stops rexecd with exit 2 and a message naming the flag that
+//! allows it; an insecure choice that was made explicitly is warned about on
+//! every start, in the log and the audit log.
+
+use std::sync::Arc;
+
+use tokio_rustls::rustls::ServerConfig;
+
+use crate::Args;
+use crate::audit::Audit;
+use crate::auth::{Credentials, Tokens};
+use crate::run_as::RunAs;
+use crate::runner::Containment;
+use crate::{local_token, tls};
+
+pub struct Security {
+    pub credentials: Credentials,
+    pub tls: Option<Arc<ServerConfig>>,
+    pub audit: Audit,
+    pub run_as: Option<RunAs>,
+    pub containment: Containment,
+}
+
+impl Security {
+    pub fn from_args(args: &Args) -> Result<Security, String> {
+        let explicit_auth = args.tokens_file.is_some() || args.tls_client_ca.is_some();
+        if !args.listen.ip().is_loopback() && !args.insecure_no_auth && !explicit_auth {
+            return Err(format!(
+                "refusing to listen on non-loopback {} without authentication; \
+                 pass --tokens-file FILE, or --tls-client-ca FILE with --tls-cert/--tls-key (mTLS), \
+                 or listen on 127.0.0.1, or pass --insecure-no-auth",
+                args.listen
+            ));
+        }
+        if let Some(addr) = args.legacy_listen {
+            if !addr.ip().is_loopback() && !args.legacy_allow_remote {
+                return Err(format!(
+                    "refusing the legacy listener on non-loopback {addr}: the legacy protocol \
+                     has no authentication; listen on 127.0.0.1, or pass --legacy-allow-remote"
+                ));
+            }
+            if explicit_auth && !args.legacy_allow_anonymous {
+                return Err(format!(
+                    "refusing the legacy listener on {addr} beside gRPC authentication: it lets \
+                     anyone who reaches it run commands with no credential; pass \
+                     --legacy-allow-anonymous to serve it anyway"
+                ));
+            }
+        }
+        let audit = match &args.audit_log {
+            Some(path) => Audit::file(path)
+                .map_err(|e| format!("cannot open --audit-log {}: {e}", path.display()))?,
+            None => Audit::stderr(),
+        };
+        let tokens = match &args.tokens_file {
+            Some(path) => {
+                let tokens = Tokens::load(path).map_err(|e| format!("--tokens-file: {e}"))?;
+                tracing::info!(names = tokens.count(), "bearer tokens loaded");
+                Some(tokens)
+            }
+            None => None,
+        };
+        let local = tokens.is_none() && args.tls_client_ca.is_none() && !args.insecure_no_auth;
+        let tokens = if local {
+            Some(local_credential(args)?)
+        } else {
+            tokens
+        };
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(
+                cert,
+                key,
+                args.tls_client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
+        let run_as = args.run_as.as_deref().map(RunAs::lookup).transpose()?;
+        // Also kills what the execs of a crashed rexecd left in their cgroups.
+        let containment = Containment::choose(args.containment)?;
+        match containment.cgroup_dir() {
+            Some(dir) => {
+                tracing::info!(containment = %containment.name(), cgroups = %dir.display(), "exec containment")
+            }
+            None => tracing::info!(containment = %containment.name(), "exec containment"),
+        }
+        let security = Security {
+            credentials: Credentials {
+                tokens,
+                client_certs: args.tls_client_ca.is_some(),
+                local,
+            },
+            tls,
+            audit,
+            run_as,
+            containment,
+        };
+        security.warn_about_choices(args);
+        Ok(security)
+    }
+
+    fn warn_about_choices(&self, args: &Args) {
+        let warn = |message: String| {
+            tracing::warn!("{message}");
+            self.audit.warning(&message);
+        };
+        if args.insecure_no_auth
+            && self.credentials.tokens.is_none()
+            && !self.credentials.client_certs
+        {
+            warn(format!(
+                "--insecure-no-auth: no authentication on {}: anyone who can connect to it \
+                 (every local user, and web pages through a browser) can run commands as this user",
+                args.listen
+            ));
+        }
+        if !args.listen.ip().is_loopback() && args.tokens_file.is_some() && self.tls.is_none() {
+            warn(
+                "bearer tokens will cross the network in clear text: add --tls-cert and --tls-key"
+                    .into(),
+            );
+        }
+        if let Some(addr) = args.legacy_listen {
+            if args.legacy_allow_remote && !addr.ip().is_loopback() {
+                warn(format!(
+                    "--legacy-allow-remote: the legacy listener on {addr} has no authentication: \
+                     anyone who can reach it can run commands as this user"
+                ));
+            }
+            if self.credentials.tokens.is_some() || self.credentials.client_certs {
+                warn(format!(
+                    "the legacy listener on {addr} has no authentication: every local user can \
+                     run commands as this user through it, whatever gRPC requires"
+                ));
+            }
+        }
+    }
+}
+
+/// The default credential: the local token of the user rexecd runs as.
+fn local_credential(args: &Args) -> Result<Tokens, String> {
+    let path = &args.local_token_file;
+    if path.as_os_str().is_empty() {
+        return Err(
+            "cannot place the local token: HOME is not set; pass --local-token-file FILE, \
+             --tokens-file FILE or --insecure-no-auth"
+                .into(),
+        );
+    }
+    let token = local_token::load_or_create(path).map_err(|e| format!("local token: {e}"))?;
+    let principal = local_token::principal();
+    tracing::info!(
+        path = %path.display(),
+        %principal,
+        "only clients with the local token may run commands (rexec on this host sends it by itself)"
+    );
+    Ok(Tokens::local(principal, token))
+}
