@@ -25,6 +25,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::proto::{self, exec_response, remote_exec_client::RemoteExecClient, session_request};
+use crate::tls_probe::TlsProbe;
 use crate::tls_words::Side;
 
 /// HTTP/2 frame size the client advertises. The receiver's setting governs a
@@ -372,6 +373,8 @@ pub struct Client {
     inner: RemoteExecClient<Channel>,
     /// `Bearer TOKEN`, marked sensitive so it is never logged.
     authorization: Option<MetadataValue<Ascii>>,
+    /// For TLS with a given CA: finds out why the server dropped a call.
+    tls_probe: Option<std::sync::Arc<TlsProbe>>,
 }
 
 impl Client {
@@ -408,7 +411,7 @@ impl Client {
             }
             None => None,
         };
-        let mut endpoint = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| connect_error(format!("invalid address: {e}")))?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
@@ -422,10 +425,51 @@ impl Client {
             .connect()
             .await
             .map_err(|e| connect_error(root_cause(&e)))?;
+        let tls_probe = match (&options.ca_pem, tls) {
+            (Some(ca_pem), true) => {
+                let authority = uri
+                    .split_once("://")
+                    .map_or(uri.as_str(), |(_, rest)| rest)
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let host = authority
+                    .rsplit_once(':')
+                    .map_or(authority.as_str(), |(host, _)| host);
+                let server_name = options.tls_server_name.clone().unwrap_or_else(|| {
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string()
+                });
+                Some(std::sync::Arc::new(TlsProbe {
+                    authority,
+                    server_name,
+                    ca_pem: ca_pem.clone(),
+                    identity_pem: options.identity_pem.clone(),
+                }))
+            }
+            _ => None,
+        };
         Ok(Client {
             inner: RemoteExecClient::new(channel),
             authorization,
+            tls_probe,
         })
+    }
+
+    /// A failed call; over TLS, a transport failure is looked into.
+    async fn failed(&self, status: tonic::Status) -> Error {
+        if let Some(probe) = &self.tls_probe
+            && std::error::Error::source(&status).is_some()
+            && let Some(words) = probe.run().await
+        {
+            return Error::Connect {
+                addr: probe.authority.clone(),
+                reason: format!("TLS: {words}"),
+            };
+        }
+        Error::Status(status)
     }
 
     /// A request carrying the credentials, if any.
@@ -442,7 +486,10 @@ impl Client {
     /// Starts a command; its stdin is `Command::stdin` or empty.
     pub async fn exec(&mut self, command: Command) -> Result<Events, Error> {
         let request = self.request(command.request);
-        let stream = self.inner.exec(request).await?.into_inner();
+        let stream = match self.inner.exec(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.failed(status).await),
+        };
         Ok(Events {
             stream,
             exited: false,
@@ -483,7 +530,10 @@ impl Client {
             .await
             .map_err(|_| Error::Protocol("session closed".into()))?;
         let request = self.request(ReceiverStream::new(receiver));
-        let stream = self.inner.session(request).await?.into_inner();
+        let stream = match self.inner.session(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.failed(status).await),
+        };
         Ok((
             SessionInput { sender },
             Events {

@@ -7,6 +7,7 @@ pub mod duration;
 pub mod legacy;
 pub mod local_token;
 pub mod signals;
+mod tls_probe;
 pub mod tls_words;
 
 /// Generated gRPC types and stubs for `rexec.v1`.

@@ -20,10 +20,13 @@ pub fn path() -> Option<PathBuf> {
     Some(PathBuf::from(home).join(".local/state/rexec/token"))
 }
 
-/// The local token, when `addr` is a loopback address and the file can be
-/// read. Never sent elsewhere: another host's rexecd has no use for it.
+/// The local token, when `addr` is a loopback address whose listening
+/// socket belongs to this user, and the file can be read. Never sent
+/// elsewhere: another host's rexecd has no use for it, and a server another
+/// local user started on the port would learn it.
 pub fn for_address(addr: &str) -> Option<String> {
-    if !is_loopback(addr) {
+    let port = loopback_port(addr)?;
+    if !listener_is_mine(port) {
         return None;
     }
     let text = std::fs::read_to_string(path()?).ok()?;
@@ -33,17 +36,67 @@ pub fn for_address(addr: &str) -> Option<String> {
 
 /// `127.0.0.1:P`, `[::1]:P`, `localhost:P`, with or without `http(s)://`.
 pub fn is_loopback(addr: &str) -> bool {
-    let rest = addr.trim();
-    let rest = rest.split_once("://").map_or(rest, |(_, rest)| rest);
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    };
+    host_and_port(addr).is_some_and(|(host, _)| is_loopback_host(host))
+}
+
+fn loopback_port(addr: &str) -> Option<u16> {
+    let (host, port) = host_and_port(addr)?;
+    if !is_loopback_host(host) {
+        return None;
+    }
+    port?.parse().ok()
+}
+
+fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn host_and_port(addr: &str) -> Option<(&str, Option<&str>)> {
+    let rest = addr.trim();
+    let rest = rest.split_once("://").map_or(rest, |(_, rest)| rest);
+    let authority = rest.split('/').next()?;
+    Some(match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    })
+}
+
+/// Whether every TCP socket listening on `port` belongs to this user, from
+/// /proc/net/tcp and tcp6 (Linux); false when none is found.
+fn listener_is_mine(port: u16) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let wanted = format!("{port:04X}");
+    let mut found = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(uid)) =
+                (fields.get(1), fields.get(3), fields.get(7))
+            else {
+                continue;
+            };
+            if *state != "0A" || local.rsplit(':').next() != Some(wanted.as_str()) {
+                continue;
+            }
+            if uid.parse::<libc::uid_t>().ok() != Some(me) {
+                return false;
+            }
+            found = true;
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -71,5 +124,16 @@ mod tests {
         ] {
             assert!(!is_loopback(addr), "{addr}");
         }
+        assert_eq!(loopback_port("http://[::1]:7/"), Some(7));
+        assert_eq!(loopback_port("127.0.0.1"), None);
+    }
+
+    #[test]
+    fn a_listener_of_this_user_is_recognised() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listener_is_mine(port));
+        drop(listener);
+        assert!(!listener_is_mine(port));
     }
 }

@@ -32,7 +32,17 @@ fn venv() -> PathBuf {
     dir
 }
 
+/// grpcurl with this user's local token, as the README shows:
+/// `-H "authorization: Bearer $(cat ~/.local/state/rexec/token)"`.
 fn grpcurl() -> Command {
+    let mut command = grpcurl_without_token();
+    command
+        .arg("-H")
+        .arg(format!("authorization: Bearer {}", common::local_token()));
+    command
+}
+
+fn grpcurl_without_token() -> Command {
     let mut command = Command::new(venv().join("bin/grpcurl"));
     command.args(["-max-time", "30"]);
     command
@@ -188,6 +198,37 @@ fn grpcurl_exec_streams_stdout_stderr_and_exit_code() {
     assert_eq!(text(&stdout), "hi\n");
     assert_eq!(text(&stderr), "err\n");
     assert_eq!(exit["code"], 3, "exit: {exit}");
+}
+
+#[test]
+fn grpcurl_without_the_token_is_unauthenticated_and_runs_nothing() {
+    let daemon = Daemon::start();
+    let dir = scratch_dir("grpcurl-noauth");
+    let marker = dir.join("ran");
+    let request = format!(r#"{{"command":"touch {}"}}"#, marker.display());
+    let out = run(
+        grpcurl_without_token().args([
+            "-plaintext",
+            "-d",
+            &request,
+            &daemon.addr,
+            "rexec.v1.RemoteExec/Exec",
+        ]),
+        b"",
+    );
+    assert!(!out.status.success(), "stdout: {}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("Unauthenticated"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!marker.exists(), "ran without the token");
+    // Health and reflection need none (load balancers, `grpcurl list`).
+    let out = run(
+        grpcurl_without_token().args(["-plaintext", &daemon.addr, "list"]),
+        b"",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
 }
 
 #[test]

@@ -736,3 +736,83 @@ fn cli_rejects_a_token_with_a_name() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn tls_failures_read_as_words_on_both_ends() {
+    let dir = scratch_dir("tls-words");
+    let pki = Pki::new(&dir);
+    let daemon = pki.daemon(&["--tls-client-ca", pki.ca_cert.to_str().unwrap()]);
+    let https = format!("https://{}", daemon.addr);
+
+    let no_cert = output_within(
+        rexec_at(&https)
+            .arg("--ca")
+            .arg(&pki.ca_cert)
+            .args(["--", "true"]),
+        b"",
+        LIMIT,
+    );
+    assert_eq!(no_cert.status.code(), Some(255));
+    assert!(
+        text(&no_cert.stderr).contains("server requires a client certificate"),
+        "{}",
+        text(&no_cert.stderr)
+    );
+    let (stranger_ca, _) = certificate_authority("another CA");
+    let other_ca = write(&dir, "other-ca.pem", &stranger_ca);
+    let unknown = output_within(
+        rexec_at(&https)
+            .arg("--ca")
+            .arg(&other_ca)
+            .args(["--", "true"]),
+        b"",
+        LIMIT,
+    );
+    assert!(
+        text(&unknown.stderr).contains("unknown issuer"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    assert!(
+        !text(&unknown.stderr).contains("Other("),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let logged = common::eventually(LIMIT, || {
+        let log = daemon.log_text();
+        log.contains("refused TLS handshake") && log.contains("sent no certificate")
+    });
+    assert!(logged, "{}", daemon.log_text());
+
+    // A server certificate made as a CA (basicConstraints CA:TRUE).
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &pki.issuer).unwrap();
+    let ca_leaf = write(&dir, "ca-leaf.pem", &cert.pem());
+    let ca_leaf_key = write(&dir, "ca-leaf-key.pem", &key.serialize_pem());
+    let daemon = Daemon::start_with(&[
+        "--tls-cert",
+        ca_leaf.to_str().unwrap(),
+        "--tls-key",
+        ca_leaf_key.to_str().unwrap(),
+    ]);
+    let out = output_within(
+        rexec_at(&format!("https://{}", daemon.addr))
+            .arg("--ca")
+            .arg(&pki.ca_cert)
+            .args(["--", "true"]),
+        b"",
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains(
+            "certificate is a CA certificate, not a server certificate — make the leaf with \
+             basicConstraints CA:FALSE"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+}

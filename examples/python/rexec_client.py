@@ -8,6 +8,10 @@ Remote stdout and stderr go to local stdout and stderr as they arrive. The exit
 code is the remote one; 128+N when the remote process died of signal N; 255
 when the call itself failed (one line on stderr), as with ssh.
 
+Credentials: $REXEC_TOKEN when set (for `rexecd --tokens-file`); else, for a
+loopback ADDR, this user's local token, which a default rexecd requires: the
+file $REXEC_LOCAL_TOKEN_FILE, else ~/.local/state/rexec/token (as `rexec` does).
+
 Stubs come from grpcio-tools (see README, "Python"); they are looked up in
 $REXEC_PY_STUBS, else in gen/ next to this file.
 """
@@ -26,9 +30,30 @@ from rexec.v1 import rexec_pb2, rexec_pb2_grpc  # noqa: E402
 STDIN_CHUNK = 64 * 1024
 
 
-def exec_command(stub, command):
+def is_loopback(addr):
+    host = addr.rsplit(":", 1)[0].strip("[]") if ":" in addr else addr
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def token_for(addr):
+    """$REXEC_TOKEN, else the local token for a loopback address, else None."""
+    if os.environ.get("REXEC_TOKEN"):
+        return os.environ["REXEC_TOKEN"].strip()
+    if not is_loopback(addr):
+        return None  # never send the local token to another host
+    path = os.environ.get("REXEC_LOCAL_TOKEN_FILE") or os.path.expanduser(
+        "~/.local/state/rexec/token"
+    )
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def exec_command(stub, command, metadata=()):
     """Exec: one request, then the event stream."""
-    return stub.Exec(rexec_pb2.ExecRequest(command=command))
+    return stub.Exec(rexec_pb2.ExecRequest(command=command), metadata=metadata)
 
 
 def session_requests(command, stdin_fd):
@@ -45,8 +70,8 @@ def session_requests(command, stdin_fd):
     yield rexec_pb2.SessionRequest(stdin_eof=True)
 
 
-def run_session(stub, command, stdin_fd=0):
-    return stub.Session(session_requests(command, stdin_fd))
+def run_session(stub, command, stdin_fd=0, metadata=()):
+    return stub.Session(session_requests(command, stdin_fd), metadata=metadata)
 
 
 def exit_code(exit_event):
@@ -85,10 +110,15 @@ def main(argv):
         print("usage: rexec_client.py [--session] ADDR COMMAND...", file=sys.stderr)
         return 2
     addr, command = args[0], " ".join(args[1:])
+    token = token_for(addr)
+    metadata = [("authorization", f"Bearer {token}")] if token else []
     with grpc.insecure_channel(addr) as channel:
         stub = rexec_pb2_grpc.RemoteExecStub(channel)
         try:
-            events = run_session(stub, command) if session else exec_command(stub, command)
+            if session:
+                events = run_session(stub, command, metadata=metadata)
+            else:
+                events = exec_command(stub, command, metadata=metadata)
             return stream_events(events)
         except grpc.RpcError as e:
             print(f"rexec_client: {e.code().name}: {e.details()}", file=sys.stderr)

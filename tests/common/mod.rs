@@ -131,6 +131,16 @@ impl Drop for Daemon {
     }
 }
 
+/// This user's local token, which a default rexecd requires (the CLI and
+/// the Python example read it by themselves; grpcurl is handed it).
+pub fn local_token() -> String {
+    let path = rexec::local_token::path().expect("HOME or REXEC_LOCAL_TOKEN_FILE is set");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read the local token {}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
 /// A fresh empty directory under the system temp dir.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
