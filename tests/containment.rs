@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Daemon, REXEC, eventually, output_within, processes_matching, scratch_dir};
-use rexec::{ExecRequest, RemoteExecClient, SessionRequest, exec_response, session_request};
+use rexec::{ExecRequest, SessionRequest, exec_response, session_request};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -228,26 +228,8 @@ fn a_crashed_rexecds_leftovers_are_killed_by_the_next_and_a_live_neighbour_is_un
     .is_empty()));
 }
 
-type AddToken = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-type Authorized =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AddToken>;
-
-/// The local token a default rexecd requires, on every call of a raw client.
-fn add_local_token(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    let value = format!("Bearer {}", common::local_token());
-    request
-        .metadata_mut()
-        .insert("authorization", value.parse().expect("token is ASCII"));
-    Ok(request)
-}
-
-async fn client(daemon: &Daemon) -> RemoteExecClient<Authorized> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.addr))
-        .expect("address")
-        .connect()
-        .await
-        .expect("connect");
-    RemoteExecClient::with_interceptor(channel, add_local_token as AddToken)
+async fn client(daemon: &Daemon) -> common::RawClient {
+    common::raw_client(&daemon.addr).await
 }
 
 /// A request carrying `grpc-timeout` the way a proxy or a plain HTTP/2 client

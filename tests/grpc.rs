@@ -6,17 +6,15 @@ mod common;
 use std::time::Duration;
 
 use common::{Daemon, scratch_dir};
-use rexec::{ExecRequest, ExecResponse, RemoteExecClient, exec_response, exit};
+use rexec::{ExecRequest, ExecResponse, exec_response, exit};
 use tonic::Code;
 
-async fn client(daemon: &Daemon) -> RemoteExecClient<tonic::transport::Channel> {
-    RemoteExecClient::connect(format!("http://{}", daemon.addr))
-        .await
-        .expect("connect")
+async fn client(daemon: &Daemon) -> common::RawClient {
+    common::raw_client(&daemon.addr).await
 }
 
 async fn collect(
-    client: &mut RemoteExecClient<tonic::transport::Channel>,
+    client: &mut common::RawClient,
     request: ExecRequest,
 ) -> Result<Vec<ExecResponse>, tonic::Status> {
     let mut stream = client.exec(request).await?.into_inner();
@@ -158,15 +156,21 @@ async fn invalid_requests_get_a_status_and_run_nothing() {
             Code::NotFound,
         ),
     ];
+    let cases_count = cases.len();
     for (request, code) in cases {
         let described = format!("{request:?}");
         let status = collect(&mut client, request).await.expect_err(&described);
         assert_eq!(status.code(), code, "{described}: {status:?}");
     }
     assert!(!marker.exists(), "an invalid request ran something");
+    let log = daemon.log_text();
     assert!(
-        !daemon.log_text().contains("\"audit\""),
-        "nothing was spawned, so nothing audited"
+        !log.contains("\"audit\":\"exec\""),
+        "nothing was spawned, so no exec audited"
+    );
+    assert!(
+        log.matches("\"audit\":\"refused\"").count() >= cases_count,
+        "every refusal is audited:\n{log}"
     );
 }
 

@@ -375,9 +375,7 @@ async fn session_protocol_errors_are_invalid_argument() {
     assert_eq!(error.code(), Some(tonic::Code::InvalidArgument), "{error}");
 
     // The first message must be `start`: speak the raw API for that.
-    let mut raw = rexec::RemoteExecClient::connect(format!("http://{}", daemon.addr))
-        .await
-        .unwrap();
+    let mut raw = common::raw_client(&daemon.addr).await;
     let first = rexec::SessionRequest {
         event: Some(rexec::session_request::Event::Stdin(
             bytes::Bytes::from_static(b"x"),

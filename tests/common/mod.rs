@@ -141,6 +141,30 @@ pub fn local_token() -> String {
         .to_string()
 }
 
+pub type AddToken = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+/// A generated client whose every call carries the local token.
+pub type RawClient = rexec::RemoteExecClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AddToken>,
+>;
+
+fn add_local_token(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let value = format!("Bearer {}", local_token());
+    request
+        .metadata_mut()
+        .insert("authorization", value.parse().expect("token is ASCII"));
+    Ok(request)
+}
+
+/// The generated client (no `rexec::client`), authorized as the CLI would be.
+pub async fn raw_client(addr: &str) -> RawClient {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    rexec::RemoteExecClient::with_interceptor(channel, add_local_token as AddToken)
+}
+
 /// A fresh empty directory under the system temp dir.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
