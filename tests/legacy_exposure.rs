@@ -226,6 +226,29 @@ fn silent_connection_is_closed_after_the_first_request_timeout() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `rexec --legacy` opens its connection before its stdin has arrived; one
+/// the server closed meanwhile is opened again, with nothing run twice.
+#[test]
+fn rexec_legacy_reconnects_when_the_server_closed_its_idle_connection() {
+    let dir = scratch_dir("legacy-reconnect");
+    let audit = dir.join("audit.log");
+    let daemon = legacy_daemon(&audit, &["--legacy-first-request-timeout", "200ms"]);
+    let script = format!(
+        "(sleep 1.5; echo late) | {} --legacy --addr {} -- cat",
+        common::REXEC,
+        addr(&daemon)
+    );
+    let out = common::output_within(Command::new("sh").args(["-c", &script]), b"", READ_LIMIT);
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), &b"late\n"[..]),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(audited(&audit, r#""audit":"exec""#).len(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn slow_steady_reader_is_not_cut_by_the_idle_timeout_and_a_stalled_one_is() {
     const ANSWER: usize = 24 << 20;
