@@ -132,10 +132,13 @@ fn http_requests_to_the_legacy_port_run_nothing() {
         audited(&audit, "pwned")
     );
 
-    // One warning line for the lot, not one per request.
+    // Warned, but not once per request (one line per 10 s at most).
     let log = daemon.log_text();
     let warnings = log.matches("not an HTTP endpoint").count();
-    assert_eq!(warnings, 1, "{log}");
+    assert!(
+        (1..requests.len()).contains(&warnings),
+        "{warnings} warnings: {log}"
+    );
 
     // The listener carries on for real clients.
     let mut stream = connect(&daemon);
@@ -251,14 +254,14 @@ fn rexec_legacy_reconnects_when_the_server_closed_its_idle_connection() {
 
 #[test]
 fn slow_steady_reader_is_not_cut_by_the_idle_timeout_and_a_stalled_one_is() {
-    const ANSWER: usize = 24 << 20;
+    const ANSWER: usize = 32 << 20;
     let dir = scratch_dir("legacy-slow-reader");
     let audit = dir.join("audit.log");
-    let daemon = legacy_daemon(&audit, &["--legacy-idle-timeout", "1s"]);
+    let daemon = legacy_daemon(&audit, &["--legacy-idle-timeout", "3s"]);
     let request = format!("head -c {ANSWER} /dev/zero");
 
-    // About 3 MB/s: the answer takes several idle timeouts to read, but the
-    // reader never stops for one.
+    // About 3 MB/s: the answer takes over three idle timeouts to read, but
+    // the reader never stops for one.
     let mut stream = connect(&daemon);
     stream.write_all(request.as_bytes()).unwrap();
     let header = read_header(&mut stream).expect("an answer");
