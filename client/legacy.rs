@@ -3,7 +3,7 @@
 //! `--cwd`, `--env` and `--no-shell` are folded into the command line.
 
 use std::io::{IsTerminal, Read};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rexec::client::Command;
@@ -19,9 +19,17 @@ use crate::exec::Failure;
 use crate::output::Output;
 use crate::repl::{self, Remote};
 
+/// A connection unused this long is checked for a close by the server first.
+const IDLE_CHECK_AFTER: Duration = Duration::from_millis(100);
+/// How long that check waits to see the close.
+const IDLE_CHECK_WAIT: Duration = Duration::from_millis(2);
+
 /// One connection to a legacy listener; requests go one after the other.
 pub struct Connection {
     addr: String,
+    connect_timeout: Duration,
+    /// When the last request was sent: only a connection idle since may be closed.
+    last_used: Instant,
     writer: OwnedWriteHalf,
     responses: FramedRead<OwnedReadHalf, ResponseCodec>,
 }
@@ -45,13 +53,37 @@ impl Connection {
         let (reader, writer) = stream.into_split();
         Ok(Connection {
             addr: addr.to_string(),
+            connect_timeout,
+            last_used: Instant::now(),
             writer,
             responses: FramedRead::new(reader, ResponseCodec::new()),
         })
     }
 
-    /// Sends one framed request and reads its whole answer.
+    /// Whether the server has closed this connection while it waited between
+    /// requests (rexecd closes one that sends nothing for
+    /// `--legacy-first-request-timeout` or `--legacy-idle-timeout`). Asked
+    /// only after a pause; the short wait lets the runtime see the close.
+    async fn closed_while_idle(&mut self) -> bool {
+        if self.last_used.elapsed() < IDLE_CHECK_AFTER || !self.responses.read_buffer().is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let peek = self.responses.get_mut().peek(&mut byte);
+        // EOF or an error before anything was sent: the server closed it.
+        matches!(
+            tokio::time::timeout(IDLE_CHECK_WAIT, peek).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    /// Sends one framed request and reads its whole answer. A connection the
+    /// server closed while idle is opened again first: nothing was sent on it.
     pub async fn call(&mut self, request: Request) -> Result<Response, String> {
+        if self.closed_while_idle().await {
+            *self = Connection::connect(&self.addr, self.connect_timeout).await?;
+        }
+        self.last_used = Instant::now();
         let mut frame = BytesMut::new();
         RequestCodec::new()
             .encode(request, &mut frame)

@@ -9,6 +9,7 @@ mod incoming;
 mod legacy;
 mod limits;
 mod local_token;
+mod memory;
 mod rate_limited;
 mod run_as;
 mod runner;
@@ -97,6 +98,15 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value = "0", value_parser = legacy::parse_size)]
     max_output: usize,
 
+    /// Bytes rexecd may hold for clients at once, both listeners together:
+    /// gRPC stdin not yet written to its command, framed legacy stdin, and
+    /// legacy answers held until their command exits. Past it, new requests
+    /// get RESOURCE_EXHAUSTED (legacy: an error header) and a held legacy
+    /// answer is cut ("truncated": true). Default: 1GiB, or a quarter of the
+    /// host's memory if that is less; 0 means no limit.
+    #[arg(long, value_name = "BYTES", value_parser = legacy::parse_size)]
+    memory_budget: Option<usize>,
+
     /// gRPC connections open at once. When full, the oldest connection that
     /// has made no authenticated call is closed to make room; when all are
     /// authenticated, new ones are closed as they arrive.
@@ -173,10 +183,16 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = legacy::parse_size)]
     legacy_max_output: usize,
 
-    /// Close a legacy connection that sends no request, or does not read its
-    /// answer, for this long; 0 means never.
+    /// Close a legacy connection that makes no progress for this long: sends
+    /// no byte of a request, or takes no byte of its answer; 0 means never.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = rexec::duration::parse)]
     legacy_idle_timeout: Duration,
+
+    /// Close a legacy connection whose first request (a framed one: its
+    /// header) has not arrived this long after it opened, so silent
+    /// connections cannot hold the listener's slots; 0 means never.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::duration::parse)]
+    legacy_first_request_timeout: Duration,
 
     /// Legacy connections served at once; more get an error answer and are closed.
     #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u32).range(1..))]
@@ -313,17 +329,31 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         security.audit,
         &shutdown,
     );
+    let memory_budget = args.memory_budget.unwrap_or_else(memory::default_budget);
+    tracing::info!(
+        bytes = memory_budget,
+        "memory budget for what clients send and legacy answers"
+    );
+    let memory = memory::MemoryBudget::new(memory_budget);
     let legacy = match args.legacy_listen {
         Some(addr) => {
             let config = legacy::LegacyConfig {
                 max_output_bytes: args.legacy_max_output,
+                first_request_timeout: (!args.legacy_first_request_timeout.is_zero())
+                    .then_some(args.legacy_first_request_timeout),
                 idle_timeout: (!args.legacy_idle_timeout.is_zero())
                     .then_some(args.legacy_idle_timeout),
                 max_connections: args.legacy_max_connections as usize,
             };
-            let listener = legacy::Listener::bind(addr, runner.clone(), shutdown.clone(), config)
-                .await
-                .map_err(|e| format!("cannot listen on {addr} (legacy): {e}"))?;
+            let listener = legacy::Listener::bind(
+                addr,
+                runner.clone(),
+                shutdown.clone(),
+                config,
+                memory.clone(),
+            )
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (legacy): {e}"))?;
             Some(listener)
         }
         None => None,
@@ -334,8 +364,13 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
     let exec_service = Tracked::new(
         InterceptedService::new(
             limits::RequestSizeStatus::new(
-                RemoteExecServer::new(ExecService::new(runner, shutdown.clone(), audit.clone()))
-                    .max_decoding_message_size(args.max_request_size),
+                RemoteExecServer::new(ExecService::new(
+                    runner,
+                    shutdown.clone(),
+                    audit.clone(),
+                    memory,
+                ))
+                .max_decoding_message_size(args.max_request_size),
                 audit,
             ),
             authenticator,

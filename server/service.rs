@@ -1,6 +1,7 @@
 //! The gRPC `RemoteExec` service: decode the request, hand it to the runner,
 //! map runner events to responses and runner errors to statuses.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,11 +17,17 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit::Audit;
+use crate::memory::{MemoryBudget, Reservation};
 use crate::runner::types::{
     Caller, Event, ExecSpec, Program, RunError, StdinMode, Stop, Termination,
 };
 use crate::runner::{ExecInput, Execution, Runner};
 use crate::shutdown::Shutdown;
+
+/// Session stdin chunks the runner may still hold: its queue of 8 and the
+/// one it is writing. Once this many later chunks are queued, a chunk has
+/// been written and its budget is given back.
+const STDIN_CHUNKS_IN_RUNNER: usize = 9;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<ExecResponse, Status>> + Send>>;
 
@@ -28,14 +35,22 @@ pub struct ExecService {
     runner: Arc<Runner>,
     shutdown: Shutdown,
     audit: Audit,
+    /// Stdin in flight is charged here (`--memory-budget`).
+    memory: MemoryBudget,
 }
 
 impl ExecService {
-    pub fn new(runner: Arc<Runner>, shutdown: Shutdown, audit: Audit) -> Self {
+    pub fn new(
+        runner: Arc<Runner>,
+        shutdown: Shutdown,
+        audit: Audit,
+        memory: MemoryBudget,
+    ) -> Self {
         ExecService {
             runner,
             shutdown,
             audit,
+            memory,
         }
     }
 
@@ -59,15 +74,19 @@ impl RemoteExec for ExecService {
         let started = async {
             self.admit()?;
             let deadline = deadline_of(request.metadata());
+            // tonic has decoded it already; held until the exec ends, by when it is written.
+            let stdin_held = reserve(&self.memory, request.get_ref().stdin.len())?;
             let mut spec = spec_from_request(request.into_inner(), false)?;
             spec.deadline = deadline;
-            self.runner
+            let execution = self
+                .runner
                 .start(spec, caller.clone())
                 .await
-                .map_err(status_from)
+                .map_err(status_from)?;
+            Ok((execution, stdin_held))
         };
-        let execution = self.audited(&caller, started.await)?;
-        Ok(Response::new(event_stream(execution, None)))
+        let (execution, stdin_held) = self.audited(&caller, started.await)?;
+        Ok(Response::new(event_stream(execution, None, stdin_held)))
     }
 
     async fn session(
@@ -109,8 +128,23 @@ impl ExecService {
             .take()
             .ok_or_else(|| Status::internal("session has no input"))?;
         let (errors_tx, errors_rx) = mpsc::channel(1);
-        tokio::spawn(forward_input(inbound, input, initial_stdin, errors_tx));
-        Ok(Response::new(event_stream(execution, Some(errors_rx))))
+        let stdin = StdinBudget {
+            memory: self.memory.clone(),
+            queued: VecDeque::new(),
+        };
+        tokio::spawn(forward_input(
+            inbound,
+            input,
+            initial_stdin,
+            stdin,
+            errors_tx,
+        ));
+        let nothing_held = self.memory.none();
+        Ok(Response::new(event_stream(
+            execution,
+            Some(errors_rx),
+            nothing_held,
+        )))
     }
 
     /// Checks that a new exec may start.
@@ -137,17 +171,52 @@ impl ExecService {
     }
 }
 
+/// RESOURCE_EXHAUSTED past the memory budget.
+fn reserve(memory: &MemoryBudget, bytes: usize) -> Result<Reservation, Status> {
+    memory
+        .reserve(bytes)
+        .map_err(|exhausted| Status::resource_exhausted(exhausted.to_string()))
+}
+
+/// The budget of a session's stdin chunks the runner may still hold.
+struct StdinBudget {
+    memory: MemoryBudget,
+    queued: VecDeque<Reservation>,
+}
+
+impl StdinBudget {
+    /// Charges a chunk about to be queued, giving back those written by now.
+    fn charge(&mut self, bytes: usize) -> Result<(), Status> {
+        while self.queued.len() >= STDIN_CHUNKS_IN_RUNNER {
+            self.queued.pop_front();
+        }
+        self.queued.push_back(reserve(&self.memory, bytes)?);
+        Ok(())
+    }
+}
+
 /// `started`, then the runner's events; a session's input errors end it with
 /// their status. When tonic drops this stream (client gone), the runner sees
-/// its channel close and kills the group.
-fn event_stream(execution: Execution, errors: Option<mpsc::Receiver<Status>>) -> EventStream {
+/// its channel close and kills the group. `held` (the request's stdin) is
+/// given back at the exit, or when the stream is dropped.
+fn event_stream(
+    execution: Execution,
+    errors: Option<mpsc::Receiver<Status>>,
+    held: Reservation,
+) -> EventStream {
     let started = ExecResponse {
         event: Some(exec_response::Event::Started(Started {
             pid: execution.pid,
             exec_id: execution.exec_id,
         })),
     };
-    let events = ReceiverStream::new(execution.events).map(response_from);
+    let mut held = Some(held);
+    let events = ReceiverStream::new(execution.events).map(move |event| {
+        if matches!(event, Event::Exit(_)) {
+            held.take();
+        }
+        response_from(event)
+    });
     match errors {
         None => Box::pin(tokio_stream::once(Ok(started)).chain(events)),
         Some(errors) => {
@@ -163,9 +232,14 @@ async fn forward_input(
     mut inbound: Streaming<SessionRequest>,
     input: ExecInput,
     initial_stdin: bytes::Bytes,
+    mut stdin_budget: StdinBudget,
     errors: mpsc::Sender<Status>,
 ) {
     if !initial_stdin.is_empty() {
+        if let Err(status) = stdin_budget.charge(initial_stdin.len()) {
+            let _ = errors.send(status).await;
+            return;
+        }
         tokio::select! {
             _ = input.write(initial_stdin) => {}
             () = input.finished() => return,
@@ -194,6 +268,10 @@ async fn forward_input(
         };
         match event {
             Some(session_request::Event::Stdin(bytes)) if !bytes.is_empty() => {
+                if let Err(status) = stdin_budget.charge(bytes.len()) {
+                    let _ = errors.send(status).await;
+                    return;
+                }
                 tokio::select! {
                     _ = input.write(bytes) => {}
                     () = input.finished() => return,

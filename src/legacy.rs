@@ -4,7 +4,10 @@
 //! Response: `[i32 LE header length][JSON header][data_size bytes: stdout, then stderr]`.
 //! Request, told apart per request: unframed (raw command text, what one read
 //! returned) or framed (the same prefix, a JSON header `{"cmd", "stdin_size",
-//! "timeout_ms"}`, then `stdin_size` bytes of stdin).
+//! "timeout_ms"}`, then `stdin_size` bytes of stdin). Text that is HTTP
+//! (`http`) is never a command.
+
+pub mod http;
 
 use std::fmt;
 
@@ -18,6 +21,14 @@ use tokio_util::codec::{Decoder, Encoder};
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Largest unframed command: what the classic server takes from one read.
 pub const MAX_TEXT_COMMAND_BYTES: usize = 64 * 1024;
+/// Text shorter than this is a command as one read returned it, as the
+/// classic server takes it. Longer text waits for a pause in the bytes (the
+/// caller's short-command grace), so a long command cut into TCP segments
+/// runs whole, and one over `MAX_TEXT_COMMAND_BYTES` is refused whole.
+pub const LONG_TEXT_BYTES: usize = 1024;
+/// Framed stdin grows the read buffer by at most this much at a time: what a
+/// header declares is not allocated before the bytes arrive.
+const STDIN_GROWTH_BYTES: usize = 64 * 1024;
 /// Largest stdin of a framed request; the same bound as a gRPC request.
 pub const MAX_STDIN_BYTES: usize = 64 * 1024 * 1024;
 /// Longest error text put in a response header, so it stays far below the cap.
@@ -107,6 +118,9 @@ impl Response {
 pub enum LegacyError {
     /// The peer sent something that is not the protocol; answer and close.
     BadMessage(String),
+    /// The peer spoke HTTP (a browser sent it here, or a misdirected HTTP
+    /// client): run nothing and close without an answer.
+    Http(&'static str),
     Io(std::io::Error),
 }
 
@@ -114,6 +128,7 @@ impl fmt::Display for LegacyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LegacyError::BadMessage(m) => f.write_str(m),
+            LegacyError::Http(why) => write!(f, "not the legacy protocol: the request {why}"),
             LegacyError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -170,24 +185,42 @@ impl RequestCodec {
         RequestCodec::default()
     }
 
-    /// Whether the buffer holds the start of a request that a later byte must
-    /// decide. A caller that sees no more bytes come takes it as text with
-    /// [`RequestCodec::short_command`], as the classic server takes one read.
+    /// Whether the buffer holds the start of a request that later bytes must
+    /// decide: under 4 bytes that could begin a length prefix, the start of
+    /// an HTTP request line, or long text that may go on. A caller that sees
+    /// no more bytes come takes it with [`RequestCodec::short_command`].
     pub fn is_undecided(&self, buf: &BytesMut) -> bool {
         self.awaiting_stdin.is_none()
             && !buf.is_empty()
-            && request_form(buf) == RequestForm::Undecided
+            && match request_form(buf) {
+                RequestForm::Undecided => true,
+                RequestForm::Framed(_) => false,
+                RequestForm::Text => text_may_continue(buf),
+            }
     }
 
-    /// Takes everything buffered as one unframed command.
+    /// A framed header has been read and its stdin is still arriving.
+    pub fn reading_stdin(&self) -> bool {
+        self.awaiting_stdin.is_some()
+    }
+
+    /// Takes everything buffered as one unframed command. Text that is still
+    /// the start of an HTTP request line is refused, never run.
     pub fn short_command(buf: &mut BytesMut) -> Result<Request, LegacyError> {
+        if http::probe(buf) == http::HttpProbe::Prefix {
+            buf.clear();
+            return Err(bad(
+                "an unframed command that could be the start of an HTTP request \
+                 is not run; send it framed",
+            ));
+        }
         text_request(buf.split())
     }
 
     fn decode_stdin(&mut self, buf: &mut BytesMut) -> Option<Request> {
         let (_, stdin_size) = self.awaiting_stdin.as_ref()?;
         if buf.len() < *stdin_size {
-            buf.reserve(*stdin_size - buf.len());
+            buf.reserve((*stdin_size - buf.len()).min(STDIN_GROWTH_BYTES));
             return None;
         }
         let (header, stdin_size) = self.awaiting_stdin.take()?;
@@ -210,7 +243,17 @@ impl Decoder for RequestCodec {
         }
         match request_form(buf) {
             RequestForm::Undecided => Ok(None),
-            RequestForm::Text => text_request(buf.split()).map(Some),
+            RequestForm::Text => {
+                if let http::HttpProbe::Http(why) = http::probe(buf) {
+                    buf.clear();
+                    return Err(LegacyError::Http(why));
+                }
+                if buf.len() > MAX_TEXT_COMMAND_BYTES || !text_may_continue(buf) {
+                    text_request(buf.split()).map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
             RequestForm::Framed(header_len) => {
                 let frame_len = PREFIX_BYTES + header_len;
                 if buf.len() < frame_len {
@@ -250,6 +293,13 @@ impl Decoder for RequestCodec {
         self.awaiting_stdin = None;
         Err(bad("connection closed in the middle of a framed request"))
     }
+}
+
+/// Text whose end later bytes may still change: an HTTP request line cut
+/// short, or long text (`LONG_TEXT_BYTES`) not yet over the cap.
+fn text_may_continue(buf: &[u8]) -> bool {
+    http::probe(buf) == http::HttpProbe::Prefix
+        || (LONG_TEXT_BYTES..=MAX_TEXT_COMMAND_BYTES).contains(&buf.len())
 }
 
 /// One unframed command: UTF-8 text without NUL, trailing CR/LF trimmed.
@@ -601,6 +651,87 @@ mod tests {
     }
 
     #[test]
+    fn http_request_is_refused_even_when_split_across_reads() {
+        let mut codec = RequestCodec::new();
+        let mut buf = BytesMut::from(&b"GE"[..]);
+        assert!(
+            codec.decode(&mut buf).unwrap().is_none(),
+            "a method prefix waits"
+        );
+        assert!(codec.is_undecided(&buf));
+        buf.extend_from_slice(b"T /$(touch$IFS/tmp/x) HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(matches!(codec.decode(&mut buf), Err(LegacyError::Http(_))));
+
+        let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\n\r\nid"[..]);
+        assert!(matches!(codec.decode(&mut buf), Err(LegacyError::Http(_))));
+        let mut buf = BytesMut::from(&b"echo hi\r\nHost: x\r\n"[..]);
+        assert!(matches!(codec.decode(&mut buf), Err(LegacyError::Http(_))));
+    }
+
+    #[test]
+    fn method_prefix_that_stays_alone_is_refused_not_run() {
+        let mut buf = BytesMut::from(&b"PO"[..]);
+        let mut codec = RequestCodec::new();
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(matches!(
+            RequestCodec::short_command(&mut buf),
+            Err(LegacyError::BadMessage(_))
+        ));
+        let mut buf = BytesMut::from(&b"G"[..]);
+        assert!(matches!(
+            RequestCodec::new().decode_eof(&mut buf),
+            Err(LegacyError::BadMessage(_))
+        ));
+    }
+
+    #[test]
+    fn long_text_waits_for_a_pause_and_runs_whole() {
+        let command = format!("echo {}", "x".repeat(3000));
+        let mut codec = RequestCodec::new();
+        let mut buf = BytesMut::from(&command.as_bytes()[..1500]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(&command.as_bytes()[1500..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(codec.is_undecided(&buf));
+        assert_eq!(
+            RequestCodec::short_command(&mut buf).unwrap().command,
+            command
+        );
+    }
+
+    #[test]
+    fn text_over_the_cap_in_pieces_is_refused_whole() {
+        let mut codec = RequestCodec::new();
+        let mut buf = BytesMut::from(&vec![b'x'; MAX_TEXT_COMMAND_BYTES][..]);
+        assert!(
+            codec.decode(&mut buf).unwrap().is_none(),
+            "exactly the cap may go on"
+        );
+        buf.extend_from_slice(&[b'y'; 70_010 - MAX_TEXT_COMMAND_BYTES]);
+        let message = match codec.decode(&mut buf) {
+            Err(LegacyError::BadMessage(message)) => message,
+            other => panic!("expected the too-long error, got {other:?}"),
+        };
+        assert!(message.contains("send long commands framed"), "{message}");
+    }
+
+    #[test]
+    fn framed_stdin_is_not_allocated_before_it_arrives() {
+        let header = br#"{"cmd":"cat","stdin_size":67108864}"#;
+        let mut buf = BytesMut::new();
+        buf.put_i32_le(header.len() as i32);
+        buf.extend_from_slice(header);
+        let mut codec = RequestCodec::new();
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(codec.reading_stdin());
+        assert!(
+            buf.capacity() < 1 << 20,
+            "reserved {} bytes",
+            buf.capacity()
+        );
+    }
+
+    #[test]
     fn response_round_trips_with_streams_split() {
         let mut codec = ResponseCodec::new();
         let mut buf = BytesMut::new();
@@ -698,6 +829,7 @@ mod tests {
 
         #[test]
         fn no_text_command_is_taken_for_a_framed_one(text in "[^\u{0}]{1,64}") {
+            prop_assume!(http::probe(text.as_bytes()) == http::HttpProbe::NotHttp);
             let bytes = text.as_bytes();
             for len in 1..=bytes.len() {
                 prop_assert!(!matches!(request_form(&bytes[..len]), RequestForm::Framed(_)));
