@@ -318,6 +318,12 @@ fn output_past_the_limit_is_cut_and_marked_truncated() {
     assert_eq!(answer.header["truncated"], true);
     assert_eq!(answer.header["data_size"], 1000);
     assert_eq!(answer.header["signal"], "TERM");
+    assert!(
+        daemon
+            .log_text()
+            .contains("\"stopped_by\":\"output_limit\""),
+        "the audit line says why it was stopped"
+    );
     assert_eq!(ask(&mut stream, b"echo next").stdout, b"next\n");
 
     let answer = ask(&mut stream, b"head -c 1000 /dev/zero");

@@ -164,8 +164,17 @@ impl OutputBuffer {
         (!chunk.is_empty()).then_some(chunk)
     }
 
-    /// Past the limit the command may finish on its own while it writes up to
-    /// as much again (or 1 MiB); beyond that it is stopped.
+    /// Past the limit a command may finish on its own while it writes up to
+    /// as much again (or 1 MiB); the runner stops it beyond that (its
+    /// `ExecSpec::max_output`, so the stop is audited as `output_limit`).
+    pub fn runner_limit(max_output_bytes: usize) -> u64 {
+        let allowance = max_output_bytes.max(1024 * 1024);
+        max_output_bytes.saturating_add(allowance) as u64
+    }
+
+    /// Only when the memory budget cut the answer short of the limit can more
+    /// than the allowance be discarded before the runner's limit stops the
+    /// command; then it is stopped here.
     pub fn over_discard_allowance(&self) -> bool {
         self.discarded > self.max_output_bytes.max(1024 * 1024)
     }

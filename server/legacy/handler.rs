@@ -245,7 +245,9 @@ impl Handler {
             deadline: None,
             tty: None,
             holds_output: true,
-            max_output: None,
+            max_output: Some(OutputBuffer::runner_limit(
+                self.shared.config.max_output_bytes,
+            )),
         };
         let caller = Caller {
             peer: self.peer.to_string(),
@@ -291,9 +293,9 @@ impl Handler {
                 tracing::info!(peer = %self.peer, exec_id = %execution.exec_id, "legacy: the memory budget (--memory-budget) is used up; the answer is cut");
             }
             if output.over_discard_allowance() {
-                // A command still writing long past the limit is stopped, like a
-                // writer whose reader has gone: dropping the events kills its group.
-                tracing::info!(peer = %self.peer, exec_id = %execution.exec_id, "legacy: output limit passed; stopping the command");
+                // Out of budget, a command still writing is stopped like a writer
+                // whose reader has gone: dropping the events kills its group.
+                tracing::info!(peer = %self.peer, exec_id = %execution.exec_id, "legacy: output past what the memory budget can hold; stopping the command");
                 let exec_id = execution.exec_id.clone();
                 drop(execution);
                 return Some(output.stopped_answer(started.elapsed(), &exec_id));
