@@ -94,7 +94,7 @@ wait_line() { # file pattern -> waits up to 10 s for a line matching pattern
 note() { echo "compare: $*" >&2; }
 
 # --- servers -----------------------------------------------------------------
-"$REXECD" --listen 127.0.0.1:0 --legacy-listen 127.0.0.1:0 --legacy-max-output 2GiB \
+"$REXECD" --listen 127.0.0.1:0 --legacy-listen 127.0.0.1:0 --legacy-allow-anonymous --legacy-max-output 2GiB \
   >"$WORK/rexecd.out" 2>"$WORK/rexecd.log" &
 REXECD_PID=$!
 PIDS+=("$REXECD_PID")

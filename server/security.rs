@@ -42,11 +42,18 @@ impl Security {
                      has no authentication; listen on 127.0.0.1, or pass --legacy-allow-remote"
                 ));
             }
-            if explicit_auth && !args.legacy_allow_anonymous {
+            // The local token is authentication too: without the flag, a default
+            // rexecd with a legacy port would run commands for every local user.
+            if !args.insecure_no_auth && !args.legacy_allow_anonymous {
+                let auth = if explicit_auth {
+                    "gRPC authentication"
+                } else {
+                    "the local token gRPC requires"
+                };
                 return Err(format!(
-                    "refusing the legacy listener on {addr} beside gRPC authentication: it lets \
-                     anyone who reaches it run commands with no credential; pass \
-                     --legacy-allow-anonymous to serve it anyway"
+                    "refusing the legacy listener on {addr} beside {auth}: the legacy protocol \
+                     has none, so every local user (and anyone who reaches it) could run \
+                     commands as this user; pass --legacy-allow-anonymous to serve it anyway"
                 ));
             }
         }
@@ -129,10 +136,11 @@ impl Security {
                      anyone who can reach it can run commands as this user"
                 ));
             }
-            if self.credentials.tokens.is_some() || self.credentials.client_certs {
+            if args.legacy_allow_anonymous {
                 warn(format!(
-                    "the legacy listener on {addr} has no authentication: every local user can \
-                     run commands as this user through it, whatever gRPC requires"
+                    "--legacy-allow-anonymous: the legacy listener on {addr} has no \
+                     authentication: every local user can run commands as this user through it, \
+                     whatever gRPC requires"
                 ));
             }
         }

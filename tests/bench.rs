@@ -166,7 +166,8 @@ fn unreachable_server_counts_every_call_as_an_error() {
 
 #[test]
 fn legacy_mode_runs_over_the_raw_tcp_listener() {
-    let daemon = Daemon::start_with(&["--legacy-listen", "127.0.0.1:0"]);
+    let daemon =
+        Daemon::start_with(&["--legacy-listen", "127.0.0.1:0", "--legacy-allow-anonymous"]);
     let legacy = daemon.legacy_addr.clone().expect("legacy address");
     let output = bench(
         &legacy,

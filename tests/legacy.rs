@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 const READ_LIMIT: Duration = Duration::from_secs(60);
 
 fn legacy_daemon(extra: &[&str]) -> Daemon {
-    let mut args = vec!["--legacy-listen", "127.0.0.1:0"];
+    let mut args = vec!["--legacy-listen", "127.0.0.1:0", "--legacy-allow-anonymous"];
     args.extend_from_slice(extra);
     Daemon::start_with(&args)
 }

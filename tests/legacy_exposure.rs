@@ -19,7 +19,13 @@ const READ_LIMIT: Duration = Duration::from_secs(60);
 
 fn legacy_daemon(audit: &Path, extra: &[&str]) -> Daemon {
     let audit = audit.to_str().expect("audit path");
-    let mut args = vec!["--legacy-listen", "127.0.0.1:0", "--audit-log", audit];
+    let mut args = vec![
+        "--legacy-listen",
+        "127.0.0.1:0",
+        "--legacy-allow-anonymous",
+        "--audit-log",
+        audit,
+    ];
     args.extend_from_slice(extra);
     Daemon::start_with(&args)
 }

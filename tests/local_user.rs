@@ -385,6 +385,25 @@ fn a_token_file_others_can_read_stops_rexecd() {
     assert!(out.stdout.is_empty());
 }
 
+/// The local token is authentication too: a default rexecd with a legacy port
+/// and no acknowledgement would run commands for every local user.
+#[test]
+fn legacy_beside_the_local_token_needs_the_anonymous_flag() {
+    let args = ["--listen", "127.0.0.1:0", "--legacy-listen", "127.0.0.1:0"];
+    let out = output_within(Command::new(REXECD).args(args), b"", LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--legacy-allow-anonymous"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "no readiness line");
+
+    // Open gRPC needs no second flag: nothing is protected that legacy bypasses.
+    let daemon = Daemon::start_with(&["--insecure-no-auth", "--legacy-listen", "127.0.0.1:0"]);
+    assert!(daemon.legacy_addr.is_some());
+}
+
 #[test]
 fn legacy_beside_tokens_needs_the_anonymous_flag() {
     let dir = scratch_dir("legacy-ack");

@@ -106,7 +106,13 @@ async fn grpc_stdin_past_the_budget_is_resource_exhausted_and_runs_nothing() {
 
 #[test]
 fn legacy_stdin_and_answers_past_the_budget_are_refused_or_cut() {
-    let daemon = Daemon::start_with(&["--legacy-listen", "127.0.0.1:0", "--memory-budget", "4MiB"]);
+    let daemon = Daemon::start_with(&[
+        "--legacy-listen",
+        "127.0.0.1:0",
+        "--legacy-allow-anonymous",
+        "--memory-budget",
+        "4MiB",
+    ]);
     let dir = scratch_dir("budget-legacy");
     let marker = dir.join("ran");
 
@@ -149,7 +155,14 @@ fn sixty_framed_headers_declaring_64_mib_do_not_kill_rexecd_under_ulimit_v() {
     let script = format!("ulimit -v 3000000; exec {REXECD} \"$@\"");
     let mut daemon = Daemon::start_configured(&[], |command| {
         *command = Command::new("sh");
-        command.args(["-c", &script, "sh", "--legacy-listen", "127.0.0.1:0"]);
+        command.args([
+            "-c",
+            &script,
+            "sh",
+            "--legacy-listen",
+            "127.0.0.1:0",
+            "--legacy-allow-anonymous",
+        ]);
     });
     let header = json!({"cmd": "cat >/dev/null", "stdin_size": 64 << 20});
     let mut streams = Vec::new();
@@ -186,7 +199,13 @@ async fn measure_memory_held_for_clients() {
     let binary = std::env::var("MEASURE_REXECD").unwrap_or_else(|_| REXECD.to_string());
     let extra = std::env::var("MEASURE_ARGS").unwrap_or_default();
     let mut child = Command::new(&binary)
-        .args(["--listen", "127.0.0.1:0", "--legacy-listen", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--legacy-listen",
+            "127.0.0.1:0",
+            "--legacy-allow-anonymous",
+        ])
         .args(extra.split_whitespace())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -595,7 +595,8 @@ async fn soak() {
         .ok()
         .and_then(|m| m.parse().ok())
         .unwrap_or(10);
-    let daemon = Daemon::start_with(&["--legacy-listen", "127.0.0.1:0"]);
+    let daemon =
+        Daemon::start_with(&["--legacy-listen", "127.0.0.1:0", "--legacy-allow-anonymous"]);
     let legacy = daemon.legacy_addr.clone().expect("legacy address");
     let deadline = Instant::now() + Duration::from_secs(minutes * 60);
     let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
