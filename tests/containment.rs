@@ -164,6 +164,66 @@ fn process_group_containment_is_said_at_start_and_still_runs_commands() {
     assert!(cgroup.log_text().contains("containment=cgroup"));
 }
 
+/// In cgroup mode a piped exec is cloned straight into its cgroup
+/// (`runner/vfork.rs`), in process-group mode spawned by the standard
+/// library: the command must not tell them apart (signals, descriptors,
+/// environment, cwd, stdin), and a program that cannot run fails the same.
+#[test]
+fn a_cloned_child_starts_like_a_spawned_one() {
+    // SigIgn is left out of the comparison: glibc's posix_spawn (the standard
+    // library's path) hands its two internal signals (32, 33) over ignored.
+    let probe = "cat /proc/self/status >status; grep -E '^(SigBlk|SigCgt)' status; \
+                 grep -q '^SigIgn:.*[13579bdf]...$' status && echo SIGPIPE ignored; rm status; \
+                 ls /proc/self/fd | tr '\\n' ' '; echo; readlink /proc/self/fd/0 | cut -d[ -f1; \
+                 echo \"$REXEC_PROBE\"; pwd; [ -n \"$PATH\" ] && echo path; \
+                 [ \"$(ps -o pgid= -p $$ | tr -d ' ')\" = $$ ] && echo leader";
+    let dir = scratch_dir("clone-probe");
+    let not_executable = dir.join("data");
+    std::fs::write(&not_executable, "#!/bin/sh\necho ran\n").unwrap();
+    let run = |daemon: &Daemon| {
+        let out = output_within(
+            daemon.rexec().args([
+                "--cwd",
+                dir.to_str().unwrap(),
+                "-e",
+                "REXEC_PROBE=a b",
+                "--",
+                probe,
+            ]),
+            b"",
+            LIMIT,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let refused = output_within(
+            daemon
+                .rexec()
+                .args(["--no-shell", "--", not_executable.to_str().unwrap()]),
+            b"",
+            LIMIT,
+        );
+        (
+            text(&out.stdout),
+            refused.status.code(),
+            text(&refused.stderr),
+        )
+    };
+    let cloned = run(&cgroup_daemon(&[]));
+    let spawned = run(&Daemon::start_with(&["--containment", "process-group"]));
+    assert_eq!(cloned, spawned);
+    let (stdout, code, stderr) = cloned;
+    let expected = format!(
+        "SigBlk:\t0000000000000000\nSigCgt:\t0000000000000000\n0 1 2 3 \npipe:\na b\n{}\npath\nleader\n",
+        dir.display()
+    );
+    assert_eq!(
+        stdout, expected,
+        "only stdio (and ls's own) open, nothing blocked or caught"
+    );
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn a_crashed_rexecds_leftovers_are_killed_by_the_next_and_a_live_neighbour_is_untouched() {
     let mut crashed = cgroup_daemon(&[]);

@@ -90,6 +90,12 @@ pub struct ExecCgroup {
 /// write itself into between fork and exec.
 pub struct Joiner(OwnedFd);
 
+impl std::os::fd::AsRawFd for Joiner {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 impl Joiner {
     /// In the child: joins the cgroup ("0" names the writer). One write(2),
     /// async-signal-safe.
@@ -277,6 +283,10 @@ fn signal_tree(dir: &Path, signal: Signal) -> usize {
 
 /// rmdir, deepest first; a cgroup still emptying (EBUSY) gets a few tries.
 fn remove_tree(dir: &Path) {
+    // Most execs make no cgroups of their own: one rmdir, no listing.
+    if fs::remove_dir(dir).is_ok() {
+        return;
+    }
     for child in fs::read_dir(dir).into_iter().flatten().flatten() {
         if child.file_type().is_ok_and(|t| t.is_dir()) {
             remove_tree(&child.path());

@@ -7,22 +7,42 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use tokio::io::unix::AsyncFd;
 use tokio::process::Child;
 
 use super::types::{CpuTime, Termination};
 
+/// Who reaps the main process: tokio, for a child of the standard library's
+/// spawn, or this module, for one cloned by `vfork.rs` (seen exiting through
+/// its pidfd, which such a spawn requires).
+pub enum Spawnee {
+    Tokio(Child),
+    Cloned(u32),
+}
+
+impl Spawnee {
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            Spawnee::Tokio(child) => child.id(),
+            Spawnee::Cloned(pid) => Some(*pid),
+        }
+    }
+}
+
 pub struct MainProcess {
-    child: Child,
+    child: Spawnee,
     pid: u32,
     /// Readable once the process has exited; `None` on kernels without pidfds
     /// (before 5.3), where the exit is only seen by reaping.
     pidfd: Option<AsyncFd<std::os::fd::OwnedFd>>,
     exited: bool,
+    /// A cloned child has been waited for.
+    reaped: bool,
 }
 
 impl MainProcess {
-    pub fn new(child: Child, pid: u32) -> Self {
+    pub fn new(child: Spawnee, pid: u32) -> Self {
         let pidfd = rustix::process::Pid::from_raw(pid as i32)
             .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
             .and_then(|fd| {
@@ -36,6 +56,7 @@ impl MainProcess {
             pid,
             pidfd,
             exited: false,
+            reaped: false,
         }
     }
 
@@ -50,7 +71,9 @@ impl MainProcess {
             }
             // Without a pidfd the exit is its reaping.
             None => {
-                let _ = self.child.wait().await;
+                if let Spawnee::Tokio(child) = &mut self.child {
+                    let _ = child.wait().await;
+                }
             }
         }
         self.exited = true;
@@ -89,12 +112,39 @@ impl MainProcess {
 
     /// Reaps the process (waiting for it first if it has not exited).
     pub async fn reap(&mut self) -> Termination {
-        match self.child.wait().await {
-            Ok(status) => termination_of(status),
-            Err(e) => {
-                tracing::error!(pid = self.pid, "waiting for child failed: {e}");
-                Termination::Signal(libc::SIGKILL)
+        let status = match &mut self.child {
+            Spawnee::Tokio(child) => child.wait().await.map(termination_of),
+            Spawnee::Cloned(pid) => {
+                let pid = nix::unistd::Pid::from_raw(*pid as i32);
+                self.exited().await;
+                // Exited already (its pidfd said so): this wait does not block.
+                let status = waitpid(pid, None).map_err(std::io::Error::from);
+                self.reaped = status.is_ok();
+                status.map(|status| match status {
+                    WaitStatus::Exited(_, code) => Termination::Code(code),
+                    WaitStatus::Signaled(_, signal, _) => Termination::Signal(signal as i32),
+                    _ => Termination::Signal(libc::SIGKILL),
+                })
             }
+        };
+        status.unwrap_or_else(|e| {
+            tracing::error!(pid = self.pid, "waiting for child failed: {e}");
+            Termination::Signal(libc::SIGKILL)
+        })
+    }
+}
+
+impl Drop for MainProcess {
+    /// A cloned child not reaped (the runtime shutting down mid-exec) is
+    /// reaped if it has exited; tokio does the same for its own.
+    fn drop(&mut self) {
+        if let Spawnee::Cloned(pid) = self.child
+            && !self.reaped
+        {
+            let _ = waitpid(
+                nix::unistd::Pid::from_raw(pid as i32),
+                Some(WaitPidFlag::WNOHANG),
+            );
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - `types`: what an exec is (spec, caller, events, exit report, errors).
 //! - `program`: from a request to a program, arguments and a checked cwd.
-//! - `spawn`: fork/exec on pipes or a pty, and the child's setup before exec.
+//! - `spawn`: fork/exec on pipes or a pty, and the child's setup before exec;
+//!   `vfork`: a piped exec cloned straight into its cgroup, without a fork.
 //! - `pump`: stdout/stderr to the event queue; `stdin`: input and signals.
 //! - `containment`, `cgroup`: what holds every process of an exec, and ends it.
 //! - `child`: the main process from spawn to reap.
@@ -18,6 +19,7 @@ mod spawn;
 mod stdin;
 mod supervisor;
 pub mod types;
+mod vfork;
 
 use std::path::PathBuf;
 use std::sync::Arc;

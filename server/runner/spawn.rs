@@ -3,24 +3,26 @@
 //! enters its cwd as that user, and marks every descriptor above 2 to close,
 //! so nothing rexecd holds leaks into a command.
 
-use std::ffi::CString;
-use std::os::fd::AsFd;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use super::cgroup::Joiner;
+use super::child::Spawnee;
 use super::program::{Resolved, login_arg0};
 use super::pump::OutputPipe;
 use super::stdin::StdinSink;
 use super::types::{ExecSpec, Program, RunError, StdinMode};
+use super::vfork;
 use crate::run_as::RunAs;
 
 /// What a spawn gives the supervisor.
 pub struct Spawned {
-    pub child: Child,
+    pub child: Spawnee,
     pub stdout: OutputPipe,
     pub stderr: Option<OutputPipe>,
     pub stdin: Option<StdinSink>,
@@ -37,6 +39,15 @@ pub fn spawn(
         .cwd
         .clone()
         .or_else(|| run_as.map(|user| user.default_cwd().to_path_buf()));
+    if let Some(joiner) = &joiner
+        && spec.tty.is_none()
+        && run_as.is_none()
+        && resolved.program.is_absolute()
+        && !matches!(spec.program, Program::LoginShell)
+        && vfork::available()
+    {
+        return spawn_cloned(resolved, spec, joiner).map_err(|e| spawn_error(&resolved.program, e));
+    }
     let setup = ChildSetup::new(joiner, run_as.cloned(), cwd.as_deref())?;
     match spec.tty {
         None => spawn_with_pipes(resolved, spec, run_as, setup),
@@ -189,7 +200,7 @@ fn spawn_with_pipes(
         .ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
     let stdin = child.stdin.take().map(StdinSink::Pipe);
     Ok(Spawned {
-        child,
+        child: Spawnee::Tokio(child),
         stdout: OutputPipe::new(stdout),
         stderr: Some(OutputPipe::new(stderr)),
         stdin,
@@ -233,10 +244,58 @@ fn spawn_with_pty(
     let child = command.spawn(pts).map_err(std::io::Error::other)?;
     let (read, write) = pty.into_split();
     Ok(Spawned {
-        child,
+        child: Spawnee::Tokio(child),
         stdout: OutputPipe::new(read),
         stderr: None,
         stdin: Some(StdinSink::Pty(write, master)),
+    })
+}
+
+/// A piped exec cloned straight into its cgroup (`vfork.rs`): the environment
+/// is rexecd's with the request's on top, as `Command` would give it.
+fn spawn_cloned(resolved: &Resolved, spec: &ExecSpec, joiner: &Joiner) -> std::io::Result<Spawned> {
+    let mut env: std::collections::BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for (name, value) in &spec.env {
+        env.insert(name.into(), value.into());
+    }
+    let stdin = match spec.stdin {
+        StdinMode::Empty => (vfork::null()?, None),
+        _ => {
+            let (read, write) = vfork::pipe()?;
+            (read, Some(write))
+        }
+    };
+    let (stdout_read, stdout_write) = vfork::pipe()?;
+    let (stderr_read, stderr_write) = vfork::pipe()?;
+    let plan = vfork::Plan::new(
+        &resolved.program,
+        resolved.args.iter().map(OsStr::new),
+        env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())),
+        spec.cwd.as_deref(),
+        [
+            stdin.0.as_raw_fd(),
+            stdout_write.as_raw_fd(),
+            stderr_write.as_raw_fd(),
+        ],
+        joiner.as_raw_fd(),
+    )?;
+    let pid = vfork::spawn(&plan)?;
+    // The child's ends are closed here; it has its copies.
+    drop((stdin.0, stdout_write, stderr_write));
+    let stdout =
+        tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(stdout_read))?;
+    let stderr =
+        tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(stderr_read))?;
+    let stdin = stdin
+        .1
+        .map(|write| tokio::process::ChildStdin::from_std(std::process::ChildStdin::from(write)))
+        .transpose()?
+        .map(StdinSink::Pipe);
+    Ok(Spawned {
+        child: Spawnee::Cloned(pid as u32),
+        stdout: OutputPipe::new(stdout),
+        stderr: Some(OutputPipe::new(stderr)),
+        stdin,
     })
 }
 

@@ -118,9 +118,6 @@ impl Supervisor {
             budget,
             ..
         } = self;
-        // rmdir may wait out a cgroup still emptying: not on the runtime thread.
-        let _ = tokio::task::spawn_blocking(move || group.remove()).await;
-
         let report = ExitReport {
             termination,
             stopped_by,
@@ -133,5 +130,10 @@ impl Supervisor {
         audit.exec_finished(&record, &report);
         done.cancel();
         let _ = tx.send(Event::Exit(report)).await;
+        // The cgroup is empty (`end`); removing it is no part of the exit the
+        // client waits for. rmdir may wait out a cgroup the kernel is still
+        // releasing: not on the runtime thread. The exec's slot is held
+        // until it is gone, and shutdown waits for it.
+        let _ = tokio::task::spawn_blocking(move || group.remove()).await;
     }
 }
