@@ -14,6 +14,7 @@ use rexec::client::{Client, ClientOptions, Command, Event};
 use rexec::legacy::Request;
 use tokio::sync::Mutex;
 
+use crate::connect::ConnectArgs;
 use crate::legacy::Connection;
 
 /// Streams one HTTP/2 connection carries before calls queue (hyper's server
@@ -27,10 +28,8 @@ const STREAMS_PER_CONNECTION: usize = 100;
 /// The exit code is 0 when no call failed, 1 otherwise.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Server address: host:port or http://host:port (with --legacy, the
-    /// legacy listener's host:port).
-    #[arg(long, env = "REXEC_ADDR", default_value = "127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
 
     /// Calls in flight at once.
     #[arg(short = 'c', long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -62,22 +61,13 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
 
-    /// Give up connecting after this long.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::duration::parse)]
-    connect_timeout: Duration,
-
     /// Open N sessions running WORDS, print "holding N" once all have
     /// started, and keep them open until interrupted or they all exit.
     #[arg(long, value_name = "N", hide = true, conflicts_with_all = ["total", "duration", "legacy"])]
     hold: Option<u32>,
 
     /// The remote command, run by the remote shell.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "WORDS"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "WORDS")]
     words: Vec<String>,
 }
 
@@ -93,9 +83,18 @@ pub fn main(args: BenchArgs) -> ExitCode {
             return ExitCode::from(rexec::EXIT_REXEC_FAILURE as u8);
         }
     };
+    let options = match args.connect.options() {
+        Ok(options) => options,
+        Err(failure) => {
+            if let Some(message) = failure.message {
+                eprintln!("rexec bench: {message}");
+            }
+            return ExitCode::from(failure.code as u8);
+        }
+    };
     match args.hold {
-        Some(sessions) => runtime.block_on(hold(&args, sessions as usize)),
-        None => runtime.block_on(bench(&args)),
+        Some(sessions) => runtime.block_on(hold(&args, sessions as usize, options)),
+        None => runtime.block_on(bench(&args, options)),
     }
 }
 
@@ -186,17 +185,7 @@ impl Pool {
     }
 }
 
-/// Connection settings for the calls; everything but the timeout keeps its
-/// default (the update is needless only while ClientOptions has one field).
-#[allow(clippy::needless_update)]
-fn client_options(connect_timeout: Duration) -> ClientOptions {
-    ClientOptions {
-        connect_timeout,
-        ..ClientOptions::default()
-    }
-}
-
-async fn bench(args: &BenchArgs) -> ExitCode {
+async fn bench(args: &BenchArgs, options: ClientOptions) -> ExitCode {
     let command_text = args.words.join(" ");
     let concurrency = args.concurrency as usize;
     let progress = progress_bar(args);
@@ -212,11 +201,7 @@ async fn bench(args: &BenchArgs) -> ExitCode {
                 n as usize
             })
             .min(concurrency);
-        let pool = Pool::new(
-            &args.addr,
-            client_options(args.connect_timeout),
-            connections,
-        );
+        let pool = Pool::new(&args.connect.addr, options, connections);
         for worker in 0..connections {
             let _ = pool.client(worker).await;
         }
@@ -226,7 +211,7 @@ async fn bench(args: &BenchArgs) -> ExitCode {
     if args.legacy {
         for _ in 0..concurrency {
             legacy_connections.push(
-                Connection::connect(&args.addr, args.connect_timeout)
+                Connection::connect(&args.connect.addr, args.connect.connect_timeout)
                     .await
                     .ok(),
             );
@@ -262,8 +247,8 @@ async fn bench(args: &BenchArgs) -> ExitCode {
             None => {
                 let connection = legacy_connections.get_mut(worker).and_then(Option::take);
                 let legacy = LegacyTarget {
-                    addr: args.addr.clone(),
-                    connect_timeout: args.connect_timeout,
+                    addr: args.connect.addr.clone(),
+                    connect_timeout: args.connect.connect_timeout,
                     request: Request {
                         command: command_text.clone(),
                         stdin: None,
@@ -445,10 +430,15 @@ async fn legacy_worker(
     tally
 }
 
-/// The figures printed, in milliseconds and decimal megabytes.
+/// The figures printed, in milliseconds and decimal megabytes. Rates and
+/// latencies are of the calls that succeeded; with none, there are none.
 struct Summary {
     execs: u64,
     errors: u64,
+    rates: Option<Rates>,
+}
+
+struct Rates {
     execs_per_sec: f64,
     bytes: u64,
     mb_per_sec: f64,
@@ -463,16 +453,19 @@ impl Summary {
         tally.latencies.sort_unstable();
         let seconds = elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
         let latencies = &tally.latencies;
+        let succeeded = tally.calls.saturating_sub(tally.errors);
         Summary {
             execs: tally.calls,
             errors: tally.errors,
-            execs_per_sec: tally.calls as f64 / seconds,
-            bytes: tally.bytes,
-            mb_per_sec: tally.bytes as f64 / 1e6 / seconds,
-            p50: percentile_ms(latencies, 50.0),
-            p90: percentile_ms(latencies, 90.0),
-            p99: percentile_ms(latencies, 99.0),
-            max: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            rates: (succeeded > 0 && !latencies.is_empty()).then(|| Rates {
+                execs_per_sec: succeeded as f64 / seconds,
+                bytes: tally.bytes,
+                mb_per_sec: tally.bytes as f64 / 1e6 / seconds,
+                p50: percentile_ms(latencies, 50.0),
+                p90: percentile_ms(latencies, 90.0),
+                p99: percentile_ms(latencies, 99.0),
+                max: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            }),
         }
     }
 
@@ -489,23 +482,24 @@ impl Summary {
         struct Report {
             execs: u64,
             errors: u64,
-            execs_per_sec: f64,
+            execs_per_sec: Option<f64>,
             bytes: u64,
-            mb_per_sec: f64,
-            latency_ms: Latency,
+            mb_per_sec: Option<f64>,
+            latency_ms: Option<Latency>,
         }
+        let rates = self.rates.as_ref();
         let report = Report {
             execs: self.execs,
             errors: self.errors,
-            execs_per_sec: round3(self.execs_per_sec),
-            bytes: self.bytes,
-            mb_per_sec: round3(self.mb_per_sec),
-            latency_ms: Latency {
-                p50: round3(self.p50),
-                p90: round3(self.p90),
-                p99: round3(self.p99),
-                max: round3(self.max),
-            },
+            execs_per_sec: rates.map(|r| round3(r.execs_per_sec)),
+            bytes: rates.map_or(0, |r| r.bytes),
+            mb_per_sec: rates.map(|r| round3(r.mb_per_sec)),
+            latency_ms: rates.map(|r| Latency {
+                p50: round3(r.p50),
+                p90: round3(r.p90),
+                p99: round3(r.p99),
+                max: round3(r.max),
+            }),
         };
         let object = serde_json::to_string(&report).map_err(std::io::Error::other)?;
         let mut stdout = std::io::stdout().lock();
@@ -528,16 +522,20 @@ impl Summary {
             elapsed.as_secs_f64(),
             self.errors
         )?;
-        writeln!(stdout, "execs/s      {:.1}", self.execs_per_sec)?;
+        let Some(rates) = &self.rates else {
+            writeln!(stdout, "execs/s      none: no call succeeded")?;
+            return stdout.flush();
+        };
+        writeln!(stdout, "execs/s      {:.1}", rates.execs_per_sec)?;
         writeln!(
             stdout,
             "output       {} bytes, {:.1} MB/s",
-            self.bytes, self.mb_per_sec
+            rates.bytes, rates.mb_per_sec
         )?;
         writeln!(
             stdout,
             "latency ms   p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
-            self.p50, self.p90, self.p99, self.max
+            rates.p50, rates.p90, rates.p99, rates.max
         )?;
         stdout.flush()
     }
@@ -559,16 +557,12 @@ fn round3(value: f64) -> f64 {
 
 /// `--hold N`: N sessions running WORDS, stdin left open, until Ctrl-C,
 /// SIGTERM, or every command has exited.
-async fn hold(args: &BenchArgs, sessions: usize) -> ExitCode {
+async fn hold(args: &BenchArgs, sessions: usize, options: ClientOptions) -> ExitCode {
     let connections = args
         .connections
         .map_or(sessions.div_ceil(STREAMS_PER_CONNECTION), |n| n as usize)
         .max(1);
-    let pool = Pool::new(
-        &args.addr,
-        client_options(args.connect_timeout),
-        connections,
-    );
+    let pool = Pool::new(&args.connect.addr, options, connections);
     let command = Command::shell(args.words.join(" "));
     let mut opened = Vec::with_capacity(sessions);
     for index in 0..sessions {

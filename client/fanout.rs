@@ -139,10 +139,7 @@ pub async fn run(
         command = command.stdin(read_stdin()?);
     }
     let encoding = match &cli.encoding {
-        Some(label) => Some(
-            Encoding::for_label(label.trim().as_bytes())
-                .ok_or_else(|| usage(format!("unknown encoding '{label}'")))?,
-        ),
+        Some(label) => Some(crate::output::encoding(label).map_err(usage)?),
         None => None,
     };
     let mode = match (fleet.group, fleet.json) {

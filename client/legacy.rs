@@ -127,7 +127,7 @@ impl Template {
 
 /// `rexec --legacy`: WORDS as one request, or the REPL without WORDS.
 pub async fn run(cli: &Cli, output: &mut Output) -> Result<i32, Failure> {
-    let mut connection = Connection::connect(&cli.addr, cli.connect_timeout)
+    let mut connection = Connection::connect(&cli.connect.addr, cli.connect.connect_timeout)
         .await
         .map_err(Failure::rexec)?;
     let template = Template {

@@ -2,6 +2,7 @@
 //! as `ssh host command` does.
 
 mod bench;
+mod connect;
 mod exec;
 mod fanout;
 mod legacy;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use rexec::client::{Client, ClientOptions, Command};
+use rexec::client::{Client, Command};
 
 use crate::exec::Failure;
 use crate::output::Output;
@@ -35,9 +36,8 @@ use crate::output::Output;
     disable_help_subcommand = true
 )]
 struct Cli {
-    /// Server address: host:port or http://host:port.
-    #[arg(long, env = "REXEC_ADDR", default_value = "127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    connect: connect::ConnectArgs,
 
     /// Run WORDS directly as argv, without the remote shell.
     #[arg(long)]
@@ -80,41 +80,8 @@ struct Cli {
     #[arg(long)]
     legacy: bool,
 
-    /// Give up connecting after this long.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::duration::parse)]
-    connect_timeout: Duration,
-
-    /// Read the bearer token for `rexecd --tokens-file` from FILE (just the
-    /// token). Without it, $REXEC_TOKEN is used when set; without either, a
-    /// loopback --addr gets this user's local token, which a default rexecd
-    /// requires ($REXEC_LOCAL_TOKEN_FILE, else ~/.local/state/rexec/token).
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<std::path::PathBuf>,
-
-    /// CA certificate (PEM) that signed the server's certificate; implies
-    /// TLS. Without it, an https:// server needs a certificate the system trusts.
-    #[arg(long, value_name = "FILE", env = "REXEC_CA")]
-    ca: Option<std::path::PathBuf>,
-
-    /// Client certificate (PEM) for servers that require mTLS; needs --key.
-    #[arg(long, value_name = "FILE", env = "REXEC_CERT", requires = "key")]
-    cert: Option<std::path::PathBuf>,
-
-    /// Private key (PEM) of --cert.
-    #[arg(long, value_name = "FILE", env = "REXEC_KEY", requires = "cert")]
-    key: Option<std::path::PathBuf>,
-
-    /// Name the server's certificate must carry, when --addr is an IP or
-    /// another name.
-    #[arg(long, value_name = "NAME")]
-    tls_server_name: Option<String>,
-
     /// The remote command.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "WORDS"
-    )]
+    #[arg(trailing_var_arg = true, value_name = "WORDS")]
     words: Vec<String>,
 
     #[command(flatten)]
@@ -155,45 +122,6 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The connection settings every gRPC mode uses (one-shot, REPL, fan-out):
-/// timeout, token and TLS files, read once here.
-fn client_options(cli: &Cli) -> Result<ClientOptions, Failure> {
-    let read = |flag: &str, path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| Failure::rexec(format!("cannot read {flag} {}: {e}", path.display())))
-    };
-    let token = match &cli.token_file {
-        Some(path) => {
-            let text = String::from_utf8(read("--token-file", path)?).map_err(|_| {
-                Failure::rexec(format!("--token-file {} is not text", path.display()))
-            })?;
-            Some(text)
-        }
-        None => std::env::var("REXEC_TOKEN").ok(),
-    };
-    let token = token.map(|t| t.trim().to_string());
-    if token
-        .as_ref()
-        .is_some_and(|t| t.is_empty() || t.contains(char::is_whitespace))
-    {
-        return Err(Failure::rexec(
-            "the token (--token-file or REXEC_TOKEN) must be one word, without NAME",
-        ));
-    }
-    let identity_pem = match (&cli.cert, &cli.key) {
-        (Some(cert), Some(key)) => Some((read("--cert", cert)?, read("--key", key)?)),
-        _ => None,
-    };
-    Ok(ClientOptions {
-        connect_timeout: cli.connect_timeout,
-        token,
-        local_token: true,
-        ca_pem: cli.ca.as_deref().map(|ca| read("--ca", ca)).transpose()?,
-        identity_pem,
-        tls_server_name: cli.tls_server_name.clone(),
-    })
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.tool {
@@ -229,7 +157,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     if cli.legacy {
         return legacy::run(&cli, &mut output).await;
     }
-    let options = client_options(&cli)?;
+    let options = cli.connect.options()?;
     let mut command = if cli.no_shell {
         Command::argv(cli.words.iter().cloned())
     } else {
@@ -247,7 +175,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     if cli.fleet.wanted() {
         return fanout::run(&cli, &options, command).await;
     }
-    let mut client = Client::connect(&cli.addr, &options).await?;
+    let mut client = Client::connect(&cli.connect.addr, &options).await?;
     if cli.words.is_empty() && !cli.tty {
         return Ok(repl::run(repl::Remote::Grpc(&mut client), command, &mut output).await);
     }

@@ -5,6 +5,48 @@ use std::io::Write;
 
 use encoding_rs::{Decoder, Encoding};
 
+/// Names people use that the WHATWG list (encoding_rs) lacks: Windows and
+/// IBM code page numbers, mostly (`cp936` is what `chcp` says on a Chinese
+/// Windows).
+const ALIASES: &[(&str, &str)] = &[
+    ("cp936", "gbk"),
+    ("ms936", "gbk"),
+    ("cp54936", "gb18030"),
+    ("cp932", "shift_jis"),
+    ("ms932", "shift_jis"),
+    ("cp949", "euc-kr"),
+    ("ms949", "euc-kr"),
+    ("uhc", "euc-kr"),
+    ("cp950", "big5"),
+    ("ms950", "big5"),
+    ("cp20932", "euc-jp"),
+    ("cp51949", "euc-kr"),
+    ("cp65001", "utf-8"),
+    ("cp1200", "utf-16le"),
+    ("cp1201", "utf-16be"),
+    ("utf16le", "utf-16le"),
+    ("utf16be", "utf-16be"),
+    ("latin-1", "latin1"),
+    ("cp28591", "latin1"),
+];
+
+/// The encoding `label` names (`--encoding`): a WHATWG label or a common alias.
+pub fn encoding(label: &str) -> Result<&'static Encoding, String> {
+    let label = label.trim();
+    let lower = label.to_ascii_lowercase();
+    let name = ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == lower)
+        .map_or(lower.as_str(), |(_, name)| name);
+    Encoding::for_label(name.as_bytes()).ok_or_else(|| {
+        format!(
+            "unknown encoding '{label}': use a WHATWG label such as gbk, gb18030, big5, \
+             shift_jis, euc-jp, euc-kr, latin1, windows-1251, koi8-r, utf-16le, or cp936, \
+             cp932, cp949, cp950"
+        )
+    })
+}
+
 pub struct Output {
     /// One decoder per stream: a multi-byte character may span two chunks.
     decoders: Option<(Decoder, Decoder)>,
@@ -16,9 +58,7 @@ impl Output {
     pub fn new(label: Option<&str>) -> Result<Self, String> {
         let encoding = match label {
             None => None,
-            Some(label) => Some(Encoding::for_label(label.trim().as_bytes()).ok_or_else(|| {
-                format!("unknown encoding '{label}' (try gbk, shift_jis, latin1, utf-16le)")
-            })?),
+            Some(label) => Some(encoding(label)?),
         };
         let mut output = Output {
             decoders: None,
@@ -131,7 +171,7 @@ mod tests {
     fn gbk_split_across_chunks_decodes_whole() {
         // "你好" in GBK, split inside the first character.
         let gbk = [0xc4u8, 0xe3, 0xba, 0xc3];
-        let mut decoder = Encoding::for_label(b"gbk").unwrap().new_decoder();
+        let mut decoder = encoding("gbk").unwrap().new_decoder();
         let mut sink = Vec::new();
         write_chunk(&mut sink, Some(&mut decoder), &gbk[..1], false).unwrap();
         write_chunk(&mut sink, Some(&mut decoder), &gbk[1..], false).unwrap();
@@ -142,5 +182,18 @@ mod tests {
     #[test]
     fn unknown_encoding_is_an_error() {
         assert!(Output::new(Some("no-such-code-page")).is_err());
+    }
+
+    #[test]
+    fn code_page_names_are_understood() {
+        assert_eq!(encoding("cp936").unwrap().name(), "GBK");
+        assert_eq!(encoding(" CP932 ").unwrap().name(), "Shift_JIS");
+        assert_eq!(encoding("latin1").unwrap().name(), "windows-1252");
+        assert_eq!(encoding("gbk").unwrap().name(), "GBK");
+        let unknown = encoding("cp437").unwrap_err();
+        assert!(
+            unknown.contains("'cp437'") && unknown.contains("gbk"),
+            "{unknown}"
+        );
     }
 }

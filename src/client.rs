@@ -378,9 +378,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `host:port`, `[::1]:port`, `http://host:port` or
-    /// `https://host:port`. A TLS option in `options` makes a bare `host:port` https.
+    /// Connects to `host[:port]`, `[::1]:port`, `http://host:port` or
+    /// `https://host:port` (port 50051 when none is named). A TLS option in `options` makes a bare `host:port` https.
     pub async fn connect(addr: &str, options: &ClientOptions) -> Result<Client, Error> {
+        // `host` alone means rexecd's port, as for fan-out hosts (not 80).
+        let addr = &crate::address::with_default_port(addr.trim());
         let connect_error = |reason: String| Error::Connect {
             addr: addr.to_string(),
             reason,

@@ -2,6 +2,7 @@
 //! (`client`), signal names and duration parsing. Outside this crate nobody
 //! names generated paths.
 
+pub mod address;
 pub mod client;
 pub mod duration;
 pub mod legacy;

@@ -3,9 +3,6 @@
 
 use std::path::Path;
 
-/// rexecd's port when a host names none.
-pub const DEFAULT_PORT: u16 = 50051;
-
 /// One host of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -26,37 +23,8 @@ impl Host {
         }
         Ok(Host {
             name: name.to_string(),
-            addr: with_default_port(name),
+            addr: rexec::address::with_default_port(name),
         })
-    }
-}
-
-/// Adds `:50051` to an address that names no port: `web1`, `http://web1`,
-/// `[::1]`, or a bare IPv6 address (which also gets its brackets).
-fn with_default_port(name: &str) -> String {
-    let (scheme, rest) = match name.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, name),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = if let Some(bracketed) = authority.strip_prefix('[') {
-        match bracketed.split_once(']') {
-            Some((_, "")) => format!("{authority}:{DEFAULT_PORT}"),
-            _ => authority.to_string(),
-        }
-    } else {
-        match authority.matches(':').count() {
-            0 => format!("{authority}:{DEFAULT_PORT}"),
-            1 => authority.to_string(),
-            _ => format!("[{authority}]:{DEFAULT_PORT}"),
-        }
-    };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{authority}{path}"),
-        None => format!("{authority}{path}"),
     }
 }
 
@@ -103,15 +71,9 @@ mod tests {
 
     #[test]
     fn a_host_without_port_gets_the_default_port() {
+        // The rule itself is `rexec::address`'s, tested there.
         assert_eq!(addr("web1"), "web1:50051");
         assert_eq!(addr("web1:7"), "web1:7");
-        assert_eq!(addr("10.0.0.1"), "10.0.0.1:50051");
-        assert_eq!(addr("[::1]"), "[::1]:50051");
-        assert_eq!(addr("[::1]:7"), "[::1]:7");
-        assert_eq!(addr("::1"), "[::1]:50051");
-        assert_eq!(addr("http://web1"), "http://web1:50051");
-        assert_eq!(addr("http://web1:7"), "http://web1:7");
-        assert_eq!(addr("http://web1/"), "http://web1:50051/");
     }
 
     #[test]
