@@ -272,3 +272,78 @@ fn hold_keeps_sessions_open_until_terminated() {
         "sessions' commands still running after the holder left"
     );
 }
+
+#[test]
+fn no_rates_when_no_call_succeeded() {
+    let addr = unused_addr();
+    let output = bench(&addr, &["-n", "3", "--", "true"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("none: no call succeeded"), "{text}");
+    assert!(!text.contains("p50"), "no latency of failures: {text}");
+    let report = report(&bench(&addr, &["-n", "3", "--json", "--", "true"]));
+    assert!(report["execs_per_sec"].is_null(), "{report}");
+    assert!(report["latency_ms"].is_null(), "{report}");
+}
+
+#[test]
+fn bench_flags_are_checked_and_shared_with_rexec() {
+    let dir = common::scratch_dir("bench-token");
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "alice s3cret-bench-token\n").unwrap();
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let daemon = Daemon::start_with(&["--tokens-file", tokens.to_str().unwrap()]);
+    let marker = unique_marker("bench-flag");
+    // A mistyped flag is refused locally: nothing runs.
+    let output = bench(
+        &daemon.addr,
+        &["--token-fil", "x", "-n", "3", "--", "echo", &marker],
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("'--token-file'"));
+    assert!(!daemon.log_text().contains(&marker));
+    // REXEC_TOKEN and --token-file both reach the server.
+    let output = std::process::Command::new(REXEC)
+        .args([
+            "bench",
+            "--addr",
+            &daemon.addr,
+            "-n",
+            "3",
+            "--json",
+            "--",
+            "echo",
+            &marker,
+        ])
+        .env("REXEC_TOKEN", "s3cret-bench-token")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(count(&report(&output), "errors"), 0);
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-bench-token\n").unwrap();
+    let output = bench(
+        &daemon.addr,
+        &[
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "-n",
+            "2",
+            "--json",
+            "--",
+            "true",
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let output = bench(&daemon.addr, &["-n", "2", "--json", "--", "true"]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "no token: every call refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("unauthenticated"),
+        "{output:?}"
+    );
+}

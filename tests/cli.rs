@@ -361,3 +361,73 @@ fn sigterm_stops_rexecd_and_kills_running_execs() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn unknown_flags_are_refused_before_anything_runs() {
+    let daemon = Daemon::start();
+    let marker = common::unique_marker("flag");
+    for args in [
+        vec!["--tiemout", "5s", "--", "echo", &marker],
+        vec!["-x", "echo", &marker],
+        vec!["--verbose", "echo", &marker],
+    ] {
+        let (code, out, err) = run(daemon.rexec().args(&args));
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(out, "", "{args:?}");
+        assert!(err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+    let (_, _, err) = run(daemon.rexec().args(["--tiemout", "5s", "--", "true"]));
+    assert!(err.contains("'--timeout'"), "clap's suggestion: {err}");
+    // Words after `--` or after the first word are the remote side's.
+    let (code, out, _) = run(daemon.rexec().args(["--", "echo", "-x", "--verbose"]));
+    assert_eq!((code, out.as_str()), (0, "-x --verbose\n"));
+    let (code, out, _) = run(daemon.rexec().args(["echo", "--tiemout", "-n"]));
+    assert_eq!((code, out.as_str()), (0, "--tiemout -n\n"));
+    assert!(
+        !daemon.log_text().contains(&marker),
+        "a refused flag ran nothing: {}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn a_host_without_a_port_means_port_50051() {
+    // Nothing listens on 127.0.0.9:50051 in tests: the error names the port.
+    let (code, _, err) = run(Command::new(common::REXEC)
+        .args([
+            "--addr",
+            "127.0.0.9",
+            "--connect-timeout",
+            "2s",
+            "--",
+            "true",
+        ])
+        .stdin(Stdio::null()));
+    assert_eq!(code, 255);
+    assert!(err.contains("127.0.0.9:50051"), "{err}");
+}
+
+#[test]
+fn encoding_accepts_code_page_aliases() {
+    let daemon = Daemon::start();
+    for label in ["cp936", "CP936", "gbk"] {
+        let (code, out, err) = run(daemon.rexec().args([
+            "--encoding",
+            label,
+            "--",
+            "printf '\\304\\343\\272\\303\\n'",
+        ]));
+        assert_eq!((code, out.as_str()), (0, "你好\n"), "{label}: {err}");
+    }
+    let (code, out, _) =
+        run(daemon
+            .rexec()
+            .args(["--encoding", "latin1", "--", "printf '\\351\\n'"]));
+    assert_eq!((code, out.as_str()), (0, "é\n"));
+    let (code, _, err) = run(daemon.rexec().args(["--encoding", "cp99999", "--", "true"]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cp936") && err.contains("shift_jis"),
+        "names the labels: {err}"
+    );
+}
