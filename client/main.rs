@@ -102,7 +102,7 @@ enum Tool {
     },
     /// Run a command many times over shared connections and report execs/s,
     /// MB/s and latency: `rexec bench -c 64 -n 10000 -- true`.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Writes a completion script to stdout; an error (a closed pipe) is a failure, not a panic.
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.tool {
         Some(Tool::Completions { shell }) => return print_completions(shell),
-        Some(Tool::Bench(args)) => return bench::main(args),
+        Some(Tool::Bench(args)) => return bench::main(*args),
         None => {}
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
