@@ -34,6 +34,21 @@ pub fn with_default_port(name: &str) -> String {
     }
 }
 
+/// Accepts `host:port`, `[::1]:port`, `http://host:port` and `https://host:port`.
+pub fn endpoint_uri(addr: &str) -> Result<String, String> {
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err("empty address: use host:port".into());
+    }
+    match addr.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(addr.to_string()),
+        Some((scheme, _)) => Err(format!(
+            "unsupported address scheme '{scheme}://': use host:port, http://host:port or https://host:port"
+        )),
+        None => Ok(format!("http://{addr}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +66,18 @@ mod tests {
         assert_eq!(addr("https://web1"), "https://web1:50051");
         assert_eq!(addr("http://web1:7"), "http://web1:7");
         assert_eq!(addr("http://web1/"), "http://web1:50051/");
+    }
+
+    #[test]
+    fn accepts_plain_and_http_addresses() {
+        assert_eq!(
+            endpoint_uri("127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(endpoint_uri("http://h:1").unwrap(), "http://h:1");
+        assert_eq!(endpoint_uri("https://h:1").unwrap(), "https://h:1");
+        assert_eq!(endpoint_uri("[::1]:7").unwrap(), "http://[::1]:7");
+        assert!(endpoint_uri("ftp://h:1").is_err());
+        assert!(endpoint_uri("").is_err());
     }
 }
