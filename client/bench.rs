@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rexec::client::{Client, ClientOptions, Command, Event};
+use rexec::client::{Client, ClientOptions, Command, Event, ExitStatus};
 use rexec::legacy::Request;
 use tokio::sync::Mutex;
 
@@ -45,7 +45,7 @@ pub struct BenchArgs {
     total: Option<u64>,
 
     /// Keep calling for this long (e.g. 10s) instead of a fixed count.
-    #[arg(long, value_name = "D", value_parser = rexec::duration::parse)]
+    #[arg(long, value_name = "D", value_parser = rexec::units::parse_duration)]
     duration: Option<Duration>,
 
     /// gRPC connections the calls share (default: one per 100 calls in flight,
@@ -80,16 +80,14 @@ pub fn main(args: BenchArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("rexec bench: cannot start runtime: {e}");
-            return ExitCode::from(rexec::EXIT_REXEC_FAILURE as u8);
+            return ExitCode::from(rexec::ending::FAILED);
         }
     };
     let options = match args.connect.options() {
         Ok(options) => options,
-        Err(failure) => {
-            if let Some(message) = failure.message {
-                eprintln!("rexec bench: {message}");
-            }
-            return ExitCode::from(failure.code as u8);
+        Err(ending) => {
+            eprintln!("rexec bench: {ending}");
+            return ExitCode::from(ending.code());
         }
     };
     match args.hold {
@@ -283,7 +281,7 @@ async fn bench(args: &BenchArgs, options: ClientOptions) -> ExitCode {
     };
     if let Err(e) = printed {
         eprintln!("rexec bench: cannot write the results: {e}");
-        return ExitCode::from(rexec::EXIT_REXEC_FAILURE as u8);
+        return ExitCode::from(rexec::ending::FAILED);
     }
     if let Some(first) = &tally.first_error {
         eprintln!(
@@ -363,11 +361,7 @@ async fn exec_once(client: &mut Client, command: &Command) -> (u64, Result<(), S
                 let outcome = if status.success() {
                     Ok(())
                 } else {
-                    Err(match (status.code, status.signal) {
-                        (Some(code), _) => format!("command exited {code}"),
-                        (None, Some(signal)) => format!("command killed by SIG{signal}"),
-                        (None, None) => "command ended without a status".to_string(),
-                    })
+                    Err(format!("command ended: {status}"))
                 };
                 return (bytes, outcome);
             }
@@ -410,11 +404,11 @@ async fn legacy_worker(
         let (bytes, outcome) = match connected.call(target.request.clone()).await {
             Ok(response) => {
                 let bytes = (response.stdout.len() + response.stderr.len()) as u64;
-                let code = crate::legacy::exit_code(&response.header);
+                let status = ExitStatus::from(&response.header);
                 let outcome = match response.header.error {
                     Some(error) => Err(format!("server refused the request: {error}")),
-                    None if code == 0 => Ok(()),
-                    None => Err(format!("command exited {code}")),
+                    None if status.success() => Ok(()),
+                    None => Err(format!("command ended: {status}")),
                 };
                 (bytes, outcome)
             }
@@ -582,7 +576,7 @@ async fn hold(args: &BenchArgs, sessions: usize, options: ClientOptions) -> Exit
             Ok(open) => opened.push(open),
             Err(message) => {
                 eprintln!("rexec bench: session {index} did not start: {message}");
-                return ExitCode::from(rexec::EXIT_REXEC_FAILURE as u8);
+                return ExitCode::from(rexec::ending::FAILED);
             }
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rexec::client::ClientOptions;
 
-use crate::exec::Failure;
+use rexec::ending::Ending;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
@@ -16,7 +16,7 @@ pub struct ConnectArgs {
     pub addr: String,
 
     /// Give up connecting after this long.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::duration::parse)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::units::parse_duration)]
     pub connect_timeout: Duration,
 
     /// Read the bearer token for `rexecd --tokens-file` from FILE (just the
@@ -47,15 +47,15 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     /// The client options these flags say: the token and TLS files read once here.
-    pub fn options(&self) -> Result<ClientOptions, Failure> {
+    pub fn options(&self) -> Result<ClientOptions, Ending> {
         let read = |flag: &str, path: &Path| {
             std::fs::read(path)
-                .map_err(|e| Failure::rexec(format!("cannot read {flag} {}: {e}", path.display())))
+                .map_err(|e| Ending::failed(format!("cannot read {flag} {}: {e}", path.display())))
         };
         let token = match &self.token_file {
             Some(path) => {
                 let text = String::from_utf8(read("--token-file", path)?).map_err(|_| {
-                    Failure::rexec(format!("--token-file {} is not text", path.display()))
+                    Ending::failed(format!("--token-file {} is not text", path.display()))
                 })?;
                 Some(text)
             }
@@ -66,7 +66,7 @@ impl ConnectArgs {
             .as_ref()
             .is_some_and(|t| t.is_empty() || t.contains(char::is_whitespace))
         {
-            return Err(Failure::rexec(
+            return Err(Ending::failed(
                 "the token (--token-file or REXEC_TOKEN) must be one word, without NAME",
             ));
         }

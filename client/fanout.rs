@@ -1,25 +1,31 @@
 //! Fleet fan-out: one command on many hosts at once (`rexec -H a -H b -- cmd`),
 //! as pssh and pdsh do. Every host gets its own connection; `--parallel`
-//! permits bound how many are connected and running at a time.
+//! permits bound how many are connected and running at a time. Ctrl-C cancels
+//! every remote command, and the summary says which hosts finished, failed
+//! and were interrupted.
 
+mod collector;
 mod hosts;
 mod lines;
 mod sink;
+mod summary;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use base64::Engine;
-use encoding_rs::{Decoder, Encoding};
+use encoding_rs::Encoding;
 use rexec::client::{Client, ClientOptions, Command, Event, ExitStatus};
+use rexec::ending::Ending;
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
+use self::collector::{Collector, SinkClosed};
 use self::hosts::Host;
-use self::lines::LineBuffer;
-use self::sink::{Message, Parts, Sink, Stream};
-use crate::exec::Failure;
+use self::sink::{Message, Sink, Stream};
+use self::summary::HostResult;
+use crate::interrupt::Interrupts;
 
 /// Local stdin is read whole and sent in every host's request, which rexecd
 /// takes up to 64 MiB: this leaves room for the rest of the request.
@@ -81,67 +87,59 @@ impl FleetArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub enum Mode {
     Lines,
     Group,
     Json { base64: bool },
 }
 
 /// What every host runs, and how.
-struct Job {
+pub struct Job {
     command: Command,
     options: ClientOptions,
     mode: Mode,
     encoding: Option<&'static Encoding>,
 }
 
-/// How one host ended, for the exit code and the summary.
-struct HostResult {
-    host: usize,
-    /// 0, the remote code, 128+N for a signal, 255 when rexec failed.
-    code: i32,
-    /// Why it failed, for the summary; `None` when it exited 0.
-    note: Option<String>,
-}
-
-/// Runs `command` on every host of `cli`'s fleet; returns the exit code: 0 when
-/// every host exited 0, 255 when any could not be reached or its call failed,
-/// else the largest remote code.
+/// Runs `command` on every host `fleet` names, sending each the whole of
+/// local stdin when `stdin`. Ends 0 when every host exited 0, 255 when any
+/// could not be reached or its call failed, else the largest remote code;
+/// 130 after Ctrl-C.
 pub async fn run(
-    cli: &crate::Cli,
+    fleet: &FleetArgs,
     options: &ClientOptions,
     command: Command,
-) -> Result<i32, Failure> {
-    let usage = |message: String| Failure {
-        message: Some(message),
-        code: 2,
-    };
-    let fleet = &cli.fleet;
+    stdin: bool,
+    encoding: Option<&'static Encoding>,
+) -> Ending {
+    let usage = Ending::Usage;
     let mut all = Vec::new();
     for text in &fleet.hosts {
-        all.push(Host::parse(text).map_err(|e| usage(format!("-H {text}: {e}")))?);
+        match Host::parse(text) {
+            Ok(host) => all.push(host),
+            Err(e) => return usage(format!("-H {text}: {e}")),
+        }
     }
     if let Some(path) = &fleet.hosts_file {
-        let listed = hosts::read_hosts_file(path).map_err(usage)?;
-        if listed.is_empty() {
-            return Err(usage(format!("no hosts in {}", path.display())));
+        match hosts::read_hosts_file(path) {
+            Ok(listed) if listed.is_empty() => {
+                return usage(format!("no hosts in {}", path.display()));
+            }
+            Ok(listed) => all.extend(listed),
+            Err(message) => return usage(message),
         }
-        all.extend(listed);
     }
     let hosts = hosts::dedup(all);
-    if cli.words.is_empty() {
-        return Err(usage(
-            "fan-out needs a command: rexec -H HOST [-H HOST...] -- WORDS".into(),
-        ));
+    if command.is_empty() {
+        return usage("fan-out needs a command: rexec -H HOST [-H HOST...] -- WORDS".into());
     }
     let mut command = command;
-    if !cli.no_stdin && !std::io::stdin().is_terminal() {
-        command = command.stdin(read_stdin()?);
+    if stdin {
+        match read_stdin() {
+            Ok(bytes) => command = command.stdin(bytes),
+            Err(ending) => return ending,
+        }
     }
-    let encoding = match &cli.encoding {
-        Some(label) => Some(crate::output::encoding(label).map_err(usage)?),
-        None => None,
-    };
     let mode = match (fleet.group, fleet.json) {
         (_, true) => Mode::Json {
             base64: fleet.json_base64,
@@ -159,15 +157,15 @@ pub async fn run(
 }
 
 /// Local stdin, read once for every host, up to [`MAX_STDIN_BYTES`].
-fn read_stdin() -> Result<Vec<u8>, Failure> {
+fn read_stdin() -> Result<Vec<u8>, Ending> {
     let mut bytes = Vec::new();
     std::io::stdin()
         .lock()
         .take(MAX_STDIN_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| Failure::rexec(format!("cannot read stdin: {e}")))?;
+        .map_err(|e| Ending::failed(format!("cannot read stdin: {e}")))?;
     if bytes.len() > MAX_STDIN_BYTES {
-        return Err(Failure::rexec(format!(
+        return Err(Ending::failed(format!(
             "stdin is over {} MiB: fan-out sends it whole to every host (use -n for none)",
             MAX_STDIN_BYTES >> 20
         )));
@@ -175,7 +173,11 @@ fn read_stdin() -> Result<Vec<u8>, Failure> {
     Ok(bytes)
 }
 
-async fn run_fleet(hosts: Vec<Host>, job: Arc<Job>, parallel: usize) -> Result<i32, Failure> {
+async fn run_fleet(hosts: Vec<Host>, job: Arc<Job>, parallel: usize) -> Ending {
+    let mut interrupts = match Interrupts::new() {
+        Ok(interrupts) => interrupts,
+        Err(e) => return Ending::failed(format!("cannot take over Ctrl-C: {e}")),
+    };
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     let no_colour = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let sink = Sink::new(
@@ -188,63 +190,61 @@ async fn run_fleet(hosts: Vec<Host>, job: Arc<Job>, parallel: usize) -> Result<i
     let writer = tokio::task::spawn_blocking(move || sink.run(receiver));
 
     let permits = Arc::new(Semaphore::new(parallel));
+    let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (index, host) in hosts.into_iter().enumerate() {
         let (job, permits, sender) = (job.clone(), permits.clone(), sender.clone());
+        let cancel = cancel.clone();
         tasks.spawn(async move {
             // Held for the host's whole run: --parallel bounds connections in flight.
-            let _permit = permits.acquire_owned().await;
-            run_host(index, &host, &job, &sender).await
+            let run = async {
+                let _permit = permits.acquire_owned().await;
+                run_host(index, &host, &job, &sender, &cancel).await
+            };
+            tokio::select! {
+                result = run => result,
+                // Still waiting for a permit: it never started.
+                _ = cancel.cancelled() => Some(HostResult::new(index, Ending::Interrupted)),
+            }
         });
     }
     drop(sender);
 
     let mut results = Vec::with_capacity(names.len());
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => joined,
+            // Dropping each host's stream cancels its command; every host
+            // still writes its partial lines and is counted as interrupted.
+            _ = interrupts.next(), if !cancel.is_cancelled() => {
+                cancel.cancel();
+                continue;
+            }
+        };
         match joined {
-            Ok(Some(result)) => results.push(result),
+            Some(Ok(Some(result))) => results.push(result),
             // The writer is gone (its error is reported below).
-            Ok(None) => {}
-            Err(e) => return Err(Failure::rexec(format!("host task failed: {e}"))),
+            Some(Ok(None)) => {}
+            Some(Err(e)) => return Ending::failed(format!("host task failed: {e}")),
+            None => break,
         }
     }
     match writer.await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(Failure::output(e)),
-        Err(e) => return Err(Failure::rexec(format!("output writer failed: {e}"))),
+        Ok(Err(e)) => return Ending::output(e),
+        Err(e) => return Ending::failed(format!("output writer failed: {e}")),
     }
     results.sort_by_key(|r| r.host);
-    print_summary(&names, &results);
-    Ok(exit_code(&results))
-}
-
-/// 255 if any host failed in rexec itself, else the largest remote code.
-fn exit_code(results: &[HostResult]) -> i32 {
-    let codes = results.iter().map(|r| r.code);
-    if codes.clone().any(|c| c == rexec::EXIT_REXEC_FAILURE) {
-        rexec::EXIT_REXEC_FAILURE
-    } else {
-        codes.max().unwrap_or(0)
-    }
-}
-
-fn print_summary(names: &[String], results: &[HostResult]) {
-    let failed: Vec<&HostResult> = results.iter().filter(|r| r.note.is_some()).collect();
-    if failed.is_empty() {
-        return;
-    }
-    let mut text = format!("rexec: {} of {} hosts failed:\n", failed.len(), names.len());
-    for result in failed {
-        let note = result.note.as_deref().unwrap_or_default();
-        text.push_str(&format!("  {}: {note}\n", names[result.host]));
-    }
-    eprint!("{text}");
+    summary::print(&names, &results, cancel.is_cancelled());
+    summary::ending(&results, cancel.is_cancelled())
 }
 
 /// Why a host's run stopped early.
 enum Stop {
     /// rexec failed for this host (connect, status, protocol): a message.
     Failed(String),
+    /// Ctrl-C: the call was dropped, which cancels the command.
+    Interrupted,
     /// The writer is gone; nothing more can be shown.
     SinkClosed,
 }
@@ -255,6 +255,12 @@ impl From<rexec::client::Error> for Stop {
     }
 }
 
+impl From<SinkClosed> for Stop {
+    fn from(_: SinkClosed) -> Self {
+        Stop::SinkClosed
+    }
+}
+
 /// Runs the job on one host and reports it to the sink; `None` when the sink
 /// went away first.
 async fn run_host(
@@ -262,35 +268,45 @@ async fn run_host(
     host: &Host,
     job: &Job,
     sender: &mpsc::Sender<Message>,
+    cancel: &CancellationToken,
 ) -> Option<HostResult> {
     let started = Instant::now();
     let mut collector = Collector::new(index, job);
-    let ended = exec_on(host, job, &mut collector, sender).await;
+    let ended = tokio::select! {
+        ended = exec_on(host, job, &mut collector, sender) => ended,
+        _ = cancel.cancelled() => Err(Stop::Interrupted),
+    };
     let elapsed = started.elapsed();
-    let (status, error) = match ended {
-        Ok(status) => (Some(status), None),
-        Err(Stop::Failed(message)) => (None, Some(message)),
+    let ending = match ended {
+        Ok(status) => Ending::Remote(status),
+        Err(Stop::Failed(message)) => Ending::Failed(message),
+        Err(Stop::Interrupted) => Ending::Interrupted,
         Err(Stop::SinkClosed) => return None,
     };
-    let (code, note) = match (&status, &error) {
-        (Some(status), _) => (status.local_exit_code(), describe_exit(status)),
-        (None, Some(error)) => (rexec::EXIT_REXEC_FAILURE, Some(error.clone())),
-        (None, None) => (rexec::EXIT_REXEC_FAILURE, Some("no exit status".into())),
+    let status = match &ending {
+        Ending::Remote(status) => Some(status),
+        _ => None,
     };
-    let (parts, record) = collector.finish(&host.name, status.as_ref(), error.as_deref(), elapsed);
+    let error = match &ending {
+        Ending::Remote(_) => None,
+        other => Some(other.to_string()),
+    };
+    // Held and partial lines are written even after Ctrl-C, each with its newline.
+    let (parts, record) = collector.finish(&host.name, status, error.as_deref(), elapsed);
+    let result = HostResult::new(index, ending);
     let message = Message::Done {
         host: index,
         parts,
-        error: if record.is_some() { None } else { error },
+        // An interrupted host is named in the summary, not on a line of its own.
+        error: match (&record, &result.ending) {
+            (None, Ending::Failed(_)) => error,
+            _ => None,
+        },
         record,
-        failed: note.is_some(),
+        failed: result.failed(),
     };
     sender.send(message).await.ok()?;
-    Some(HostResult {
-        host: index,
-        code,
-        note,
-    })
+    Some(result)
 }
 
 async fn exec_on(
@@ -315,277 +331,4 @@ async fn exec_on(
         }
     }
     Err(Stop::Failed("no exit status".into()))
-}
-
-/// "exit 3", "killed by signal TERM (timed out)"; `None` for exit 0.
-fn describe_exit(status: &ExitStatus) -> Option<String> {
-    let mut text = match (&status.code, &status.signal) {
-        (Some(0), _) => return None,
-        (Some(code), _) => format!("exit {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        (None, None) => "no exit status".into(),
-    };
-    if status.timed_out {
-        text.push_str(" (timed out)");
-    }
-    Some(text)
-}
-
-/// One host's output on its way to the sink, per mode: whole lines sent as
-/// they complete, held for `--group`, or kept for the `--json` record.
-struct Collector {
-    host: usize,
-    mode: Mode,
-    decoders: Option<(Decoder, Decoder)>,
-    lines: (LineBuffer, LineBuffer),
-    /// `--group`: whole lines not yet sent, and their size.
-    held: Parts,
-    held_bytes: usize,
-    /// `--json`: everything each stream printed, up to [`MAX_JSON_STREAM`].
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    truncated: bool,
-}
-
-impl Collector {
-    fn new(host: usize, job: &Job) -> Collector {
-        Collector {
-            host,
-            mode: job.mode,
-            decoders: job.encoding.map(|e| (e.new_decoder(), e.new_decoder())),
-            lines: Default::default(),
-            held: Vec::new(),
-            held_bytes: 0,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            truncated: false,
-        }
-    }
-
-    async fn push(
-        &mut self,
-        stream: Stream,
-        chunk: &[u8],
-        sender: &mpsc::Sender<Message>,
-    ) -> Result<(), Stop> {
-        let decoded;
-        let chunk = match self.decoder(stream) {
-            Some(decoder) => {
-                decoded = decode(decoder, chunk, false);
-                &decoded[..]
-            }
-            None => chunk,
-        };
-        if let Mode::Json { .. } = self.mode {
-            let kept = match stream {
-                Stream::Stdout => &mut self.stdout,
-                Stream::Stderr => &mut self.stderr,
-            };
-            let room = MAX_JSON_STREAM.saturating_sub(kept.len());
-            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            self.truncated |= chunk.len() > room;
-            return Ok(());
-        }
-        let buffer = match stream {
-            Stream::Stdout => &mut self.lines.0,
-            Stream::Stderr => &mut self.lines.1,
-        };
-        let Some(lines) = buffer.push(chunk) else {
-            return Ok(());
-        };
-        if self.mode == Mode::Lines {
-            let message = Message::Lines {
-                host: self.host,
-                parts: vec![(stream, lines)],
-            };
-            return sender.send(message).await.map_err(|_| Stop::SinkClosed);
-        }
-        self.hold(stream, lines);
-        if self.held_bytes > MAX_GROUP_HOLD {
-            let message = Message::Lines {
-                host: self.host,
-                parts: std::mem::take(&mut self.held),
-            };
-            self.held_bytes = 0;
-            return sender.send(message).await.map_err(|_| Stop::SinkClosed);
-        }
-        Ok(())
-    }
-
-    fn decoder(&mut self, stream: Stream) -> Option<&mut Decoder> {
-        self.decoders.as_mut().map(|(out, err)| match stream {
-            Stream::Stdout => out,
-            Stream::Stderr => err,
-        })
-    }
-
-    /// Appends lines, merging with the last part of the same stream.
-    fn hold(&mut self, stream: Stream, lines: Vec<u8>) {
-        self.held_bytes += lines.len();
-        match self.held.last_mut() {
-            Some((last, held)) if *last == stream => held.extend_from_slice(&lines),
-            _ => self.held.push((stream, lines)),
-        }
-    }
-
-    /// What is left to write once the host is done: held lines and partial
-    /// lines (with a newline added), or the JSON record.
-    fn finish(
-        mut self,
-        name: &str,
-        status: Option<&ExitStatus>,
-        error: Option<&str>,
-        elapsed: Duration,
-    ) -> (Parts, Option<String>) {
-        for stream in [Stream::Stdout, Stream::Stderr] {
-            if let Some(decoder) = self.decoder(stream) {
-                let rest = decode(decoder, &[], true);
-                match (self.mode, stream) {
-                    (Mode::Json { .. }, Stream::Stdout) => self.stdout.extend_from_slice(&rest),
-                    (Mode::Json { .. }, Stream::Stderr) => self.stderr.extend_from_slice(&rest),
-                    _ => {
-                        let buffer = match stream {
-                            Stream::Stdout => &mut self.lines.0,
-                            Stream::Stderr => &mut self.lines.1,
-                        };
-                        if let Some(lines) = buffer.push(&rest) {
-                            self.hold(stream, lines);
-                        }
-                    }
-                }
-            }
-        }
-        if let Mode::Json { base64 } = self.mode {
-            let record = json_record(JsonHost {
-                name,
-                status,
-                error,
-                elapsed,
-                stdout: &self.stdout,
-                stderr: &self.stderr,
-                truncated: self.truncated,
-                base64,
-            });
-            return (Vec::new(), Some(record));
-        }
-        if let Some(rest) = self.lines.0.finish() {
-            self.hold(Stream::Stdout, rest);
-        }
-        if let Some(rest) = self.lines.1.finish() {
-            self.hold(Stream::Stderr, rest);
-        }
-        (self.held, None)
-    }
-}
-
-fn decode(decoder: &mut Decoder, bytes: &[u8], last: bool) -> Vec<u8> {
-    let capacity = decoder
-        .max_utf8_buffer_length(bytes.len())
-        .unwrap_or(bytes.len() * 3 + 16);
-    let mut text = String::with_capacity(capacity);
-    let _ = decoder.decode_to_string(bytes, &mut text, last);
-    text.into_bytes()
-}
-
-struct JsonHost<'a> {
-    name: &'a str,
-    status: Option<&'a ExitStatus>,
-    error: Option<&'a str>,
-    elapsed: Duration,
-    stdout: &'a [u8],
-    stderr: &'a [u8],
-    truncated: bool,
-    base64: bool,
-}
-
-/// One line of `--json`, fields in this order. `exit` is the remote code
-/// (null when a signal killed the command or the host failed); `duration_ms`
-/// is this host's wall time, connecting included.
-#[derive(serde::Serialize)]
-struct JsonRecord<'a> {
-    host: &'a str,
-    exit: Option<i32>,
-    signal: Option<&'a str>,
-    timed_out: bool,
-    stdout: String,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stdout_base64: bool,
-    stderr: String,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stderr_base64: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    truncated: bool,
-    duration_ms: u64,
-    /// CPU time of the host's exec, every process it ran (null if it failed).
-    cpu_user_us: Option<u64>,
-    cpu_system_us: Option<u64>,
-    error: Option<&'a str>,
-}
-
-fn json_record(host: JsonHost<'_>) -> String {
-    let (stdout, stdout_base64) = text_or_base64(host.stdout, host.base64);
-    let (stderr, stderr_base64) = text_or_base64(host.stderr, host.base64);
-    let record = JsonRecord {
-        host: host.name,
-        exit: host.status.and_then(|s| s.code),
-        signal: host.status.and_then(|s| s.signal.as_deref()),
-        timed_out: host.status.is_some_and(|s| s.timed_out),
-        stdout,
-        stdout_base64,
-        stderr,
-        stderr_base64,
-        truncated: host.truncated,
-        duration_ms: host.elapsed.as_millis() as u64,
-        cpu_user_us: host.status.map(|s| s.cpu_user.as_micros() as u64),
-        cpu_system_us: host.status.map(|s| s.cpu_system.as_micros() as u64),
-        error: host.error,
-    };
-    serde_json::to_string(&record).unwrap_or_else(|e| {
-        let error = format!("cannot encode JSON: {e}");
-        serde_json::json!({ "host": host.name, "error": error }).to_string()
-    })
-}
-
-/// The bytes as text; when they are not UTF-8, base64 if asked (and `true`),
-/// else text with U+FFFD for each bad sequence.
-fn text_or_base64(bytes: &[u8], base64: bool) -> (String, bool) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => (text.to_string(), false),
-        Err(_) if base64 => (
-            base64::engine::general_purpose::STANDARD.encode(bytes),
-            true,
-        ),
-        Err(_) => (String::from_utf8_lossy(bytes).into_owned(), false),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn result(code: i32) -> HostResult {
-        HostResult {
-            host: 0,
-            code,
-            note: None,
-        }
-    }
-
-    #[test]
-    fn exit_code_is_255_on_any_failure_else_the_largest() {
-        assert_eq!(exit_code(&[result(0), result(0)]), 0);
-        assert_eq!(exit_code(&[result(0), result(3), result(1)]), 3);
-        assert_eq!(exit_code(&[result(137), result(255), result(3)]), 255);
-        assert_eq!(exit_code(&[]), 0);
-    }
-
-    #[test]
-    fn json_uses_base64_only_when_asked_and_needed() {
-        assert_eq!(text_or_base64(b"hi\n", true), ("hi\n".into(), false));
-        assert_eq!(text_or_base64(b"\xff\n", true), ("/wo=".into(), true));
-        assert_eq!(
-            text_or_base64(b"\xff\n", false),
-            ("\u{fffd}\n".into(), false)
-        );
-    }
 }

@@ -1,23 +1,25 @@
 //! `rexec --legacy`: the CLI over rexecd's legacy raw-TCP listener, with framed
 //! requests. That protocol carries only a command line, stdin and a timeout, so
-//! `--cwd`, `--env` and `--no-shell` are folded into the command line.
+//! `--cwd`, `--env` and `--no-shell` are folded into the command line; the
+//! REPL runs over it through `repl::Remote`.
 
 use std::io::{IsTerminal, Read};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rexec::client::Command;
-use rexec::legacy::{Request, RequestCodec, Response, ResponseCodec, ResponseHeader};
+use rexec::client::{Command, ExitStatus, Output as Captured};
+use rexec::ending::Ending;
+use rexec::legacy::{Request, RequestCodec, Response, ResponseCodec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_stream::StreamExt;
 use tokio_util::codec::{Encoder, FramedRead};
 
-use crate::Cli;
-use crate::exec::Failure;
+use crate::interrupt::Interrupts;
 use crate::output::Output;
-use crate::repl::{self, Remote};
+use crate::quote::shell_quote;
+use crate::repl;
 
 /// A connection unused this long is checked for a close by the server first.
 const IDLE_CHECK_AFTER: Duration = Duration::from_millis(100);
@@ -30,6 +32,9 @@ pub struct Connection {
     connect_timeout: Duration,
     /// When the last request was sent: only a connection idle since may be closed.
     last_used: Instant,
+    /// A call was given up midway (Ctrl-C): its answer would come next, so
+    /// the next call goes over a new connection.
+    abandoned: bool,
     writer: OwnedWriteHalf,
     responses: FramedRead<OwnedReadHalf, ResponseCodec>,
 }
@@ -55,6 +60,7 @@ impl Connection {
             addr: addr.to_string(),
             connect_timeout,
             last_used: Instant::now(),
+            abandoned: false,
             writer,
             responses: FramedRead::new(reader, ResponseCodec::new()),
         })
@@ -80,7 +86,7 @@ impl Connection {
     /// Sends one framed request and reads its whole answer. A connection the
     /// server closed while idle is opened again first: nothing was sent on it.
     pub async fn call(&mut self, request: Request) -> Result<Response, String> {
-        if self.closed_while_idle().await {
+        if self.abandoned || self.closed_while_idle().await {
             *self = Connection::connect(&self.addr, self.connect_timeout).await?;
         }
         self.last_used = Instant::now();
@@ -102,91 +108,66 @@ impl Connection {
     }
 }
 
-/// What every request of one `rexec --legacy` run shares.
-#[derive(Debug, Clone, Default)]
-pub struct Template {
-    pub env: Vec<(String, String)>,
-    pub timeout_ms: u64,
-}
-
-impl Template {
-    /// The request for one shell command line run in `cwd` (empty: the server's).
-    pub fn request(
-        &self,
-        command: &str,
-        cwd: &str,
-        stdin: Option<Bytes>,
-    ) -> Result<Request, String> {
-        Ok(Request {
-            command: command_line(command, cwd, &self.env)?,
-            stdin,
-            timeout_ms: self.timeout_ms,
-        })
-    }
-}
-
-/// `rexec --legacy`: WORDS as one request, or the REPL without WORDS.
-pub async fn run(cli: &Cli, output: &mut Output) -> Result<i32, Failure> {
-    let mut connection = Connection::connect(&cli.connect.addr, cli.connect.connect_timeout)
-        .await
-        .map_err(Failure::rexec)?;
-    let template = Template {
-        env: cli.env.clone(),
-        timeout_ms: cli.timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
+/// `rexec --legacy`: `command` as one request, or the REPL when it has
+/// nothing to run. Local stdin that is not a terminal is sent with it, unless
+/// `send_stdin` is false (`-n`).
+pub async fn run(
+    addr: &str,
+    connect_timeout: Duration,
+    command: &Command,
+    send_stdin: bool,
+    output: &mut Output,
+) -> Ending {
+    let mut connection = match Connection::connect(addr, connect_timeout).await {
+        Ok(connection) => connection,
+        Err(message) => return Ending::Failed(message),
     };
-    let cwd = cli.cwd.clone().unwrap_or_default();
-    if cli.words.is_empty() {
-        let remote = Remote::Legacy(&mut connection, &template);
-        return Ok(repl::run(remote, Command::default().cwd(cwd), output).await);
+    if command.is_empty() {
+        return repl::run(&mut connection, command.clone(), output).await;
     }
-    let command = if cli.no_shell {
-        cli.words
-            .iter()
-            .map(|w| shell_quote(w))
-            .collect::<Vec<_>>()
-            .join(" ")
-    } else {
-        cli.words.join(" ")
-    };
     let stdin = std::io::stdin();
-    let stdin = if !cli.no_stdin && !stdin.is_terminal() {
+    let stdin = if send_stdin && !stdin.is_terminal() {
         let mut bytes = Vec::new();
-        stdin
-            .lock()
-            .read_to_end(&mut bytes)
-            .map_err(|e| Failure::rexec(format!("cannot read stdin: {e}")))?;
+        if let Err(e) = stdin.lock().read_to_end(&mut bytes) {
+            return Ending::failed(format!("cannot read stdin: {e}"));
+        }
         (!bytes.is_empty()).then(|| Bytes::from(bytes))
     } else {
         None
     };
-    let request = template
-        .request(&command, &cwd, stdin)
-        .map_err(|message| Failure {
-            message: Some(message),
-            code: 2,
-        })?;
-    let header = exec(&mut connection, request, output).await?;
-    if header.timed_out == Some(true) {
-        let after = cli
-            .timeout
-            .map(|t| format!(" after {t:?}"))
-            .unwrap_or_default();
-        eprintln!("rexec: remote command timed out{after}");
+    let request = match request(command, stdin) {
+        Ok(request) => request,
+        Err(message) => return Ending::Usage(message),
+    };
+    match exec(&mut connection, request, output).await {
+        Ok(status) => Ending::Remote(status),
+        Err(ending) => ending,
     }
-    Ok(exit_code(&header))
+}
+
+/// The one request the protocol carries for `command`: its cwd, env and
+/// argv folded into a command line, its timeout, and `stdin`.
+pub fn request(command: &Command, stdin: Option<Bytes>) -> Result<Request, String> {
+    Ok(Request {
+        command: command_line(command)?,
+        stdin,
+        timeout_ms: command
+            .current_timeout()
+            .map_or(0, |t| (t.as_millis() as u64).max(1)),
+    })
 }
 
 /// Runs one request and writes its answer: stdout part to stdout, stderr part
-/// to stderr. Returns the answer's header.
+/// to stderr. Returns how the command ended.
 pub async fn exec(
     connection: &mut Connection,
     request: Request,
     output: &mut Output,
-) -> Result<ResponseHeader, Failure> {
+) -> Result<ExitStatus, Ending> {
     output.reset();
-    let response = connection.call(request).await.map_err(Failure::rexec)?;
+    let response = connection.call(request).await.map_err(Ending::Failed)?;
     if let Some(error) = &response.header.error {
-        return Err(Failure::rexec(format!(
+        return Err(Ending::failed(format!(
             "server refused the request: {error}"
         )));
     }
@@ -194,50 +175,67 @@ pub async fn exec(
         .stdout(&response.stdout)
         .and_then(|()| output.stderr(&response.stderr))
         .and_then(|()| output.finish());
-    written.map_err(Failure::output)?;
+    written.map_err(Ending::output)?;
     if response.header.truncated == Some(true) {
         eprintln!("rexec: output cut at the server's --legacy-max-output");
     }
-    Ok(response.header)
+    Ok(ExitStatus::from(&response.header))
 }
 
-/// Runs a command line in `cwd` and returns its stdout, stderr and whether it
-/// exited 0, without writing anything (the REPL's `cd`).
-pub async fn capture(
-    connection: &mut Connection,
-    template: &Template,
-    command: &str,
-    cwd: &str,
-) -> Result<(Vec<u8>, Vec<u8>, bool), String> {
-    let request = template.request(command, cwd, None)?;
-    let response = connection.call(request).await?;
-    if let Some(error) = response.header.error {
-        return Err(format!("server refused the request: {error}"));
-    }
-    let success = exit_code(&response.header) == 0;
-    Ok((response.stdout.to_vec(), response.stderr.to_vec(), success))
-}
-
-/// The local exit code for an answer, as ssh reports one: the remote code,
-/// 128 + signal number, or 255 when there is neither.
-pub fn exit_code(header: &ResponseHeader) -> i32 {
-    match (header.exit_code, &header.signal) {
-        (Some(code), _) => code & 0xff,
-        (None, Some(signal)) => {
-            rexec::signals::number(signal).map_or(rexec::EXIT_REXEC_FAILURE, |n| 128 + n)
+/// The REPL over a legacy connection. The protocol cannot carry a signal, so
+/// Ctrl-C abandons the call (the server kills a command whose client left)
+/// and the next line goes over a new connection.
+impl repl::Remote for Connection {
+    async fn run(
+        &mut self,
+        command: Command,
+        output: &mut Output,
+        interrupts: &mut Interrupts,
+    ) -> Result<ExitStatus, Ending> {
+        let request = request(&command, None).map_err(Ending::Usage)?;
+        interrupts.reset().await;
+        let finished = tokio::select! {
+            ended = exec(self, request, output) => Some(ended),
+            _ = interrupts.next() => None,
+        };
+        if let Some(ended) = finished {
+            return ended;
         }
-        (None, None) => rexec::EXIT_REXEC_FAILURE,
+        let _ = output.finish();
+        // Closing the socket now is what tells the server to kill the command.
+        match Connection::connect(&self.addr, self.connect_timeout).await {
+            Ok(fresh) => *self = fresh,
+            Err(_) => self.abandoned = true,
+        }
+        Err(Ending::Interrupted)
+    }
+
+    async fn capture(&mut self, command: Command) -> Result<Captured, Ending> {
+        let request = request(&command, None).map_err(Ending::Usage)?;
+        let response = self.call(request).await.map_err(Ending::Failed)?;
+        if let Some(error) = response.header.error {
+            return Err(Ending::failed(format!(
+                "server refused the request: {error}"
+            )));
+        }
+        Ok(Captured {
+            status: ExitStatus::from(&response.header),
+            stdout: response.stdout.to_vec(),
+            stderr: response.stderr.to_vec(),
+        })
     }
 }
 
-/// The one command line the protocol carries: `cd` into `cwd` (stopping if
-/// that fails), export `env`, then `command`.
-pub fn command_line(command: &str, cwd: &str, env: &[(String, String)]) -> Result<String, String> {
+/// The one command line the protocol carries for `command`: `cd` into its
+/// cwd (stopping if that fails), export its env, then its command line (an
+/// argv is quoted word by word).
+pub fn command_line(command: &Command) -> Result<String, String> {
     let mut line = String::new();
+    let cwd = command.current_cwd();
     if !cwd.is_empty() {
         line.push_str(&format!("cd -- {} || exit\n", shell_quote(cwd)));
     }
-    for (name, value) in env {
+    for (name, value) in command.env_vars() {
         let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
@@ -248,13 +246,18 @@ pub fn command_line(command: &str, cwd: &str, env: &[(String, String)]) -> Resul
         }
         line.push_str(&format!("export {name}={}\n", shell_quote(value)));
     }
-    line.push_str(command);
+    match command.shell_text() {
+        Some(text) => line.push_str(text),
+        None => {
+            let words: Vec<String> = command
+                .argv_words()
+                .iter()
+                .map(|w| shell_quote(w))
+                .collect();
+            line.push_str(&words.join(" "));
+        }
+    }
     Ok(line)
-}
-
-/// Quotes a word for `/bin/sh`: single quotes, with `'` written as `'\''`.
-pub fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 fn describe_io(error: &std::io::Error) -> String {
@@ -271,37 +274,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exit_code_follows_ssh_rules() {
-        let header = |exit_code, signal: Option<&str>| ResponseHeader {
-            exit_code,
-            signal: signal.map(String::from),
-            ..Default::default()
-        };
-        assert_eq!(exit_code(&header(Some(3), None)), 3);
-        assert_eq!(exit_code(&header(Some(256 + 7), None)), 7);
-        assert_eq!(exit_code(&header(None, Some("TERM"))), 143);
-        assert_eq!(exit_code(&header(None, Some("KILL"))), 137);
-        assert_eq!(exit_code(&header(None, Some("NOPE"))), 255);
-        assert_eq!(exit_code(&header(None, None)), 255);
-    }
-
-    #[test]
-    fn quoting_survives_quotes_and_spaces() {
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
-    }
-
-    #[test]
-    fn cwd_and_env_become_a_prefix() {
-        let env = vec![("FOO".to_string(), "x y".to_string())];
+    fn cwd_env_and_argv_become_one_command_line() {
+        let command = Command::shell("echo $FOO")
+            .cwd("/tmp/a b")
+            .env("FOO", "x y");
         assert_eq!(
-            command_line("echo $FOO", "/tmp/a b", &env).unwrap(),
+            command_line(&command).unwrap(),
             "cd -- '/tmp/a b' || exit\nexport FOO='x y'\necho $FOO"
         );
-        assert_eq!(command_line("ls", "", &[]).unwrap(), "ls");
-        let bad = vec![("A B".to_string(), "1".to_string())];
-        assert!(command_line("ls", "", &bad).is_err());
+        assert_eq!(command_line(&Command::shell("ls")).unwrap(), "ls");
+        let argv = Command::argv(["printf", "%s\\n", "it's"]);
+        assert_eq!(command_line(&argv).unwrap(), r"'printf' '%s\n' 'it'\''s'");
+        assert!(command_line(&Command::shell("ls").env("A B", "1")).is_err());
     }
 
     #[test]

@@ -3,10 +3,11 @@
 
 mod bench;
 mod connect;
-mod exec;
 mod fanout;
+mod interrupt;
 mod legacy;
 mod output;
+mod quote;
 mod repl;
 mod session;
 
@@ -16,8 +17,9 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use rexec::client::{Client, Command};
+use rexec::ending::Ending;
 
-use crate::exec::Failure;
+use crate::interrupt::Interrupts;
 use crate::output::Output;
 
 /// Run a command on a remote host through rexecd.
@@ -52,7 +54,7 @@ struct Cli {
     cwd: Option<String>,
 
     /// Kill the remote command after this long (e.g. 500ms, 10s, 2m).
-    #[arg(long, value_name = "DURATION", value_parser = rexec::duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = rexec::units::parse_duration)]
     timeout: Option<Duration>,
 
     /// Send no stdin, even when local stdin is a pipe or file (as ssh -n).
@@ -106,12 +108,12 @@ enum Tool {
 }
 
 /// Writes a completion script to stdout; an error (a closed pipe) is a failure, not a panic.
-fn print_completions(shell: clap_complete::Shell) -> ExitCode {
+fn print_completions(shell: clap_complete::Shell) -> Ending {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "rexec", &mut script);
     match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(Failure::rexec(format!("cannot write completions: {e}"))),
+        Ok(()) => Ending::Remote(rexec::client::ExitStatus::exited(0)),
+        Err(e) => Ending::output(e),
     }
 }
 
@@ -124,40 +126,29 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.tool {
-        Some(Tool::Completions { shell }) => return print_completions(shell),
+    let ending = match cli.tool {
+        Some(Tool::Completions { shell }) => print_completions(shell),
         Some(Tool::Bench(args)) => return bench::main(*args),
-        None => {}
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(Failure::rexec(format!("cannot start runtime: {e}"))),
+        None => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(run(cli)),
+            Err(e) => Ending::failed(format!("cannot start runtime: {e}")),
+        },
     };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => ExitCode::from(code as u8),
-        Err(failure) => fail(failure),
-    }
-}
-
-fn fail(failure: Failure) -> ExitCode {
-    if let Some(message) = failure.message {
+    if let Some(message) = ending.message() {
         eprintln!("rexec: {message}");
     }
-    ExitCode::from(failure.code as u8)
+    ExitCode::from(ending.code())
 }
 
-async fn run(cli: Cli) -> Result<i32, Failure> {
-    let mut output = Output::new(cli.encoding.as_deref()).map_err(|m| Failure {
-        message: Some(m),
-        code: 2,
-    })?;
-    if cli.legacy {
-        return legacy::run(&cli, &mut output).await;
-    }
-    let options = cli.connect.options()?;
+async fn run(cli: Cli) -> Ending {
+    let encoding = match cli.encoding.as_deref().map(output::encoding).transpose() {
+        Ok(encoding) => encoding,
+        Err(message) => return Ending::Usage(message),
+    };
+    let mut output = Output::new(encoding);
     let mut command = if cli.no_shell {
         Command::argv(cli.words.iter().cloned())
     } else {
@@ -172,25 +163,46 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     if let Some(timeout) = cli.timeout {
         command = command.timeout(timeout);
     }
-    if cli.fleet.wanted() {
-        return fanout::run(&cli, &options, command).await;
+    if cli.legacy {
+        let (addr, timeout) = (&cli.connect.addr, cli.connect.connect_timeout);
+        let ending = legacy::run(addr, timeout, &command, !cli.no_stdin, &mut output).await;
+        return said_timed_out(ending, cli.timeout);
     }
-    let mut client = Client::connect(&cli.connect.addr, &options).await?;
-    if cli.words.is_empty() && !cli.tty {
-        return Ok(repl::run(repl::Remote::Grpc(&mut client), command, &mut output).await);
+    let options = match cli.connect.options() {
+        Ok(options) => options,
+        Err(ending) => return ending,
+    };
+    if cli.fleet.wanted() {
+        let stdin = !cli.no_stdin && !std::io::stdin().is_terminal();
+        return fanout::run(&cli.fleet, &options, command, stdin, encoding).await;
+    }
+    let mut client = match Client::connect(&cli.connect.addr, &options).await {
+        Ok(client) => client,
+        Err(e) => return e.into(),
+    };
+    if command.is_empty() && !cli.tty {
+        return repl::run(&mut client, command, &mut output).await;
     }
     let options = session::SessionOptions {
         stream_stdin: !cli.no_stdin
             && (cli.interactive || cli.tty || !std::io::stdin().is_terminal()),
         tty: cli.tty,
     };
-    let exit = session::run(&mut client, command, options, &mut output).await?;
-    if exit.timed_out {
-        let after = cli
-            .timeout
-            .map(|t| format!(" after {t:?}"))
-            .unwrap_or_default();
+    let mut interrupts = match Interrupts::new() {
+        Ok(interrupts) => interrupts,
+        Err(e) => return Ending::failed(format!("cannot take over Ctrl-C: {e}")),
+    };
+    let ended = session::run(&mut client, command, options, &mut output, &mut interrupts).await;
+    said_timed_out(ended.map_or_else(|e| e, Ending::Remote), cli.timeout)
+}
+
+/// Says on stderr that the remote command ran out of `--timeout`.
+fn said_timed_out(ending: Ending, timeout: Option<Duration>) -> Ending {
+    if let Ending::Remote(status) = &ending
+        && status.timed_out
+    {
+        let after = timeout.map(|t| format!(" after {t:?}")).unwrap_or_default();
         eprintln!("rexec: remote command timed out{after}");
     }
-    Ok(exit.local_exit_code())
+    ending
 }

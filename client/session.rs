@@ -1,19 +1,18 @@
-//! One-shot commands as a `Session`: local stdin streamed as it is read, EOF
-//! forwarded, Ctrl-C sent as INT, and with `-t` a remote terminal driven in raw mode.
+//! Commands as a `Session`: local stdin streamed as it is read, EOF
+//! forwarded, Ctrl-C sent as INT (a second cancels the call), and with `-t` a
+//! remote terminal driven in raw mode. One-shot commands and REPL lines run here.
 
 use std::io::{IsTerminal, Read};
-use std::time::{Duration, Instant};
 
 use rexec::client::{Client, Command, Event, ExitStatus, SessionInput};
+use rexec::ending::Ending;
 use tokio::sync::mpsc;
 
-use crate::exec::Failure;
+use crate::interrupt::{Interrupts, Press};
 use crate::output::Output;
 
 /// Bytes read from local stdin at a time.
 const STDIN_CHUNK: usize = 64 * 1024;
-/// A second Ctrl-C within this window cancels the call instead of signalling.
-const DOUBLE_INTERRUPT: Duration = Duration::from_secs(2);
 
 pub struct SessionOptions {
     /// Stream local stdin; otherwise the command's stdin is closed at once.
@@ -27,7 +26,8 @@ pub async fn run(
     mut command: Command,
     options: SessionOptions,
     output: &mut Output,
-) -> Result<ExitStatus, Failure> {
+    interrupts: &mut Interrupts,
+) -> Result<ExitStatus, Ending> {
     let local_tty = options.tty && std::io::stdin().is_terminal();
     if options.tty {
         let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
@@ -56,16 +56,16 @@ pub async fn run(
         tokio::spawn(forward_resizes(input.clone()));
     }
 
-    let mut last_interrupt: Option<Instant> = None;
+    interrupts.reset().await;
     loop {
         let event = tokio::select! {
             event = events.next() => event?,
-            _ = tokio::signal::ctrl_c() => {
-                if last_interrupt.is_some_and(|t| t.elapsed() < DOUBLE_INTERRUPT) {
+            press = interrupts.next() => {
+                if press == Press::Again {
                     // Dropping the session cancels it; the server kills the group.
-                    return Err(Failure::rexec("interrupted; remote command cancelled"));
+                    let _ = output.finish();
+                    return Err(Ending::Interrupted);
                 }
-                last_interrupt = Some(Instant::now());
                 let _ = input.signal("INT").await;
                 continue;
             }
@@ -74,13 +74,13 @@ pub async fn run(
             Some(Event::Stdout(bytes)) => output.stdout(&bytes),
             Some(Event::Stderr(bytes)) => output.stderr(&bytes),
             Some(Event::Exit(status)) => {
-                output.finish().map_err(Failure::output)?;
+                output.finish().map_err(Ending::output)?;
                 return Ok(status);
             }
             Some(Event::Started { .. }) => Ok(()),
-            None => return Err(Failure::rexec("no exit status")),
+            None => return Err(Ending::failed("no exit status")),
         };
-        written.map_err(Failure::output)?;
+        written.map_err(Ending::output)?;
     }
 }
 
@@ -131,14 +131,14 @@ async fn forward_resizes(input: SessionInput) {
 struct RawMode;
 
 impl RawMode {
-    fn enable() -> Result<Self, Failure> {
+    fn enable() -> Result<Self, Ending> {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let _ = crossterm::terminal::disable_raw_mode();
             previous(info);
         }));
         crossterm::terminal::enable_raw_mode()
-            .map_err(|e| Failure::rexec(format!("cannot put the terminal in raw mode: {e}")))?;
+            .map_err(|e| Ending::failed(format!("cannot put the terminal in raw mode: {e}")))?;
         Ok(RawMode)
     }
 }

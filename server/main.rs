@@ -89,13 +89,13 @@ struct Args {
 
     /// Largest gRPC request message: an Exec request with its stdin, or one
     /// session message. Larger ones get RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = legacy::parse_size)]
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = rexec::units::parse_size)]
     max_request_size: usize,
 
     /// Output (stdout and stderr together) one command may send; past it the
     /// rest is dropped, its process group is killed and `exit.truncated` is
     /// true. 0 means no limit.
-    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = legacy::parse_size)]
+    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = rexec::units::parse_size)]
     max_output: usize,
 
     /// Bytes rexecd may hold for clients at once, both listeners together:
@@ -104,7 +104,7 @@ struct Args {
     /// get RESOURCE_EXHAUSTED (legacy: an error header) and a held legacy
     /// answer is cut ("truncated": true). Default: 1GiB, or a quarter of the
     /// host's memory if that is less; 0 means no limit.
-    #[arg(long, value_name = "BYTES", value_parser = legacy::parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = rexec::units::parse_size)]
     memory_budget: Option<usize>,
 
     /// gRPC connections open at once. When full, the oldest connection that
@@ -121,7 +121,7 @@ struct Args {
 
     /// Close an authenticated gRPC connection with no call in progress for
     /// this long; 0 means never.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = rexec::duration::parse)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = rexec::units::parse_duration)]
     idle_timeout: Duration,
 
     /// Append audit lines (one JSON object per command) to FILE instead of stderr.
@@ -145,21 +145,21 @@ struct Args {
     shell: PathBuf,
 
     /// Timeout for execs that set none (e.g. 30s, 5m); 0 means no timeout.
-    #[arg(long, default_value = "0", value_parser = rexec::duration::parse)]
+    #[arg(long, default_value = "0", value_parser = rexec::units::parse_duration)]
     default_timeout: Duration,
 
     /// Time between SIGTERM and SIGKILL when an exec's process group is killed.
-    #[arg(long, default_value = "2s", value_parser = rexec::duration::parse)]
+    #[arg(long, default_value = "2s", value_parser = rexec::units::parse_duration)]
     kill_grace: Duration,
 
     /// After the main process exits, how long background processes may keep
     /// its output pipes open before the rest of its group is killed.
-    #[arg(long, default_value = "1s", value_parser = rexec::duration::parse)]
+    #[arg(long, default_value = "1s", value_parser = rexec::units::parse_duration)]
     linger: Duration,
 
     /// On SIGTERM/SIGINT, how long running execs may continue before they are
     /// killed. A second signal kills them at once.
-    #[arg(long, default_value = "10s", value_parser = rexec::duration::parse)]
+    #[arg(long, default_value = "10s", value_parser = rexec::units::parse_duration)]
     shutdown_grace: Duration,
 
     /// Also serve the classic raw-TCP protocol (4-byte length prefix, JSON
@@ -180,18 +180,18 @@ struct Args {
 
     /// Output held for one legacy answer (its length goes before the body);
     /// past it the output is cut and the header says "truncated": true.
-    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = legacy::parse_size)]
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = rexec::units::parse_size)]
     legacy_max_output: usize,
 
     /// Close a legacy connection that makes no progress for this long: sends
     /// no byte of a request, or takes no byte of its answer; 0 means never.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = rexec::duration::parse)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = rexec::units::parse_duration)]
     legacy_idle_timeout: Duration,
 
     /// Close a legacy connection whose first request (a framed one: its
     /// header) has not arrived this long after it opened, so silent
     /// connections cannot hold the listener's slots; 0 means never.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::duration::parse)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::units::parse_duration)]
     legacy_first_request_timeout: Duration,
 
     /// Legacy connections served at once; more get an error answer and are closed.

@@ -4,12 +4,13 @@
 
 pub mod address;
 pub mod client;
-pub mod duration;
+pub mod ending;
 pub mod legacy;
 pub mod local_token;
 pub mod signals;
 mod tls_probe;
 pub mod tls_words;
+pub mod units;
 
 /// Generated gRPC types and stubs for `rexec.v1`.
 pub mod proto {
@@ -26,5 +27,5 @@ pub use proto::{
 };
 
 /// Exit code of the `rexec` CLI when rexec itself failed (connect, auth,
-/// protocol), as ssh does.
-pub const EXIT_REXEC_FAILURE: i32 = 255;
+/// protocol), as ssh does (`ending::FAILED`).
+pub const EXIT_REXEC_FAILURE: i32 = ending::FAILED as i32;

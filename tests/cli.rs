@@ -295,32 +295,6 @@ fn missing_program_and_cwd_are_rexec_failures() {
 }
 
 #[test]
-fn repl_runs_lines_keeps_cd_and_shows_failures() {
-    let daemon = Daemon::start();
-    let dir = scratch_dir("repl");
-    std::fs::create_dir(dir.join("sub")).unwrap();
-    let script = format!(
-        "echo one\ncd {}\ncd sub\npwd\ncd /no/such/dir\npwd\nexit 3\necho after\nquit\necho never\n",
-        dir.display()
-    );
-    let out = output_within(&mut daemon.rexec(), script.as_bytes(), LIMIT);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let sub = dir.join("sub");
-    assert_eq!(
-        stdout,
-        format!("one\n{}\n{}\nafter\n", sub.display(), sub.display()),
-        "stderr: {stderr}"
-    );
-    assert!(stderr.contains("[exit 3]"), "{stderr}");
-    assert!(
-        stderr.contains("/no/such/dir"),
-        "a failed cd says why: {stderr}"
-    );
-    assert_eq!(out.status.code(), Some(0));
-}
-
-#[test]
 fn rexecd_refuses_non_loopback_without_auth() {
     let out = Command::new(common::REXECD)
         .args(["--listen", "0.0.0.0:0"])

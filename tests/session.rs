@@ -7,12 +7,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::terminal::Terminal;
 use common::{
     Daemon, eventually, output_within, processes_matching, rss_kib, scratch_dir, sha256_file,
     unique_sleep,
 };
 use rexec::client::{Client, ClientOptions, Command, Event};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[test]
 fn interactive_cat_echoes_each_line_while_stdin_is_open() {
@@ -165,89 +165,6 @@ fn child_that_ignores_stdin_does_not_hang_the_client() {
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
-/// The CLI on a local pty of our own, as a user's terminal.
-struct Terminal {
-    pty: pty_process::Pty,
-    child: tokio::process::Child,
-    seen: Vec<u8>,
-}
-
-impl Terminal {
-    fn spawn(daemon: &Daemon, args: &[&str], rows: u16, cols: u16) -> Terminal {
-        let (pty, pts) = pty_process::open().unwrap();
-        pty.resize(pty_process::Size::new(rows, cols)).unwrap();
-        let child = pty_process::Command::new(common::REXEC)
-            .args(["--addr", &daemon.addr])
-            .args(args)
-            .env("TERM", "xterm-test")
-            .kill_on_drop(true)
-            .spawn(pts)
-            .unwrap();
-        Terminal {
-            pty,
-            child,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Reads until `needle` shows up; panics with what was seen after 15 s.
-    async fn expect(&mut self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let text = String::from_utf8_lossy(&self.seen).into_owned();
-            if let Some(at) = text.find(needle) {
-                let upto = at + needle.len();
-                self.seen.drain(..upto);
-                return text[..upto].to_string();
-            }
-            let mut buf = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.pty.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => self.seen.extend_from_slice(&buf[..n]),
-                other => panic!("waiting for {needle:?}: {other:?}; seen {text:?}"),
-            }
-        }
-    }
-
-    /// Waits for an interactive shell's prompt (`$ ` or, for root, `# `).
-    async fn expect_prompt(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let text = String::from_utf8_lossy(&self.seen).into_owned();
-            if text.trim_end_matches(' ').len() < text.len()
-                && (text.ends_with("$ ") || text.ends_with("# "))
-            {
-                self.seen.clear();
-                return;
-            }
-            let mut buf = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.pty.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => self.seen.extend_from_slice(&buf[..n]),
-                other => panic!("waiting for a prompt: {other:?}; seen {text:?}"),
-            }
-        }
-    }
-
-    async fn type_text(&mut self, text: &str) {
-        self.pty.write_all(text.as_bytes()).await.unwrap();
-    }
-
-    async fn exit_code(&mut self) -> Option<i32> {
-        // Keep draining so the CLI never blocks on a full terminal.
-        let mut buf = [0u8; 4096];
-        let wait = async {
-            loop {
-                tokio::select! {
-                    status = self.child.wait() => return status.unwrap().code(),
-                    _ = self.pty.read(&mut buf) => {}
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(15), wait)
-            .await
-            .expect("CLI exits")
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_gives_the_command_a_pts() {
     let daemon = Daemon::start();
@@ -268,10 +185,7 @@ async fn resize_changes_what_stty_size_reports() {
     );
     terminal.expect("30 100").await;
     terminal.expect("go").await;
-    terminal
-        .pty
-        .resize(pty_process::Size::new(40, 120))
-        .unwrap();
+    terminal.resize(40, 120);
     // SIGWINCH reached the CLI's foreground group; give the resize a moment to travel.
     tokio::time::sleep(Duration::from_millis(300)).await;
     terminal.type_text("\r").await;
@@ -285,9 +199,16 @@ async fn tty_without_words_opens_a_login_shell() {
     let mut terminal = Terminal::spawn(&daemon, &["-t"], 24, 80);
     // Type only once the shell prompts: readline discards earlier typeahead.
     terminal.expect_prompt().await;
-    terminal.type_text("echo shell=$0; exit 5\r").await;
-    let seen = terminal.expect("shell=-").await;
-    assert!(!seen.is_empty());
+    terminal
+        .type_text("echo shell=$0 in=$(pwd)=; exit 5\r")
+        .await;
+    terminal.expect("shell=-").await;
+    // In the user's home, as `ssh host` starts, not in rexecd's cwd.
+    let home = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .dir;
+    terminal.expect(&format!("in={}=", home.display())).await;
     assert_eq!(terminal.exit_code().await, Some(5));
 }
 
@@ -391,4 +312,97 @@ async fn session_protocol_errors_are_invalid_argument() {
         .await
         .expect_err("empty");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[test]
+fn a_sigint_that_arrives_while_output_is_written_is_not_lost() {
+    let daemon = Daemon::start();
+    let marker = common::unique_marker("flood");
+    // The remote side ignores INT and floods; nobody reads our stdout at
+    // first, so rexec sits in a blocked write when the first SIGINT comes.
+    let mut child = daemon
+        .rexec()
+        .args([
+            "--",
+            &format!("trap '' INT; while :; do echo {marker}; done"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || !processes_matching(
+        &marker
+    )
+    .is_empty()));
+    std::thread::sleep(Duration::from_millis(500));
+    let interrupt = |pid: u32| unsafe {
+        libc::kill(pid as i32, libc::SIGINT);
+    };
+    interrupt(child.id());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut stdout = child.stdout.take().unwrap();
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    std::thread::sleep(Duration::from_millis(300));
+    // The second press within 2 s of the first cancels: only if the first counted.
+    interrupt(child.id());
+    let exited = eventually(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let _ = drain.join();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        exited,
+        "the first SIGINT was lost: rexec ignored the second"
+    );
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted; remote command cancelled"),
+        "{stderr}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || processes_matching(&marker)
+            .is_empty()),
+        "the server killed the cancelled command"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_session_cancels_its_command_on_a_live_connection() {
+    let daemon = Daemon::start();
+    let mut client = connect(&daemon).await;
+    for stdin_closed in [false, true] {
+        let (sleep, needle) = unique_sleep(40 + stdin_closed as u32);
+        let (input, events) = client.session(Command::shell(sleep)).await.unwrap();
+        if stdin_closed {
+            input.close_stdin().await.unwrap();
+        }
+        let found = needle.clone();
+        assert!(
+            tokio::task::spawn_blocking(move || eventually(Duration::from_secs(10), || {
+                !processes_matching(&found).is_empty()
+            }))
+            .await
+            .unwrap()
+        );
+        drop((input, events));
+        let gone = tokio::task::spawn_blocking(move || {
+            eventually(Duration::from_secs(10), || {
+                processes_matching(&needle).is_empty()
+            })
+        });
+        assert!(gone.await.unwrap(), "stdin closed first: {stdin_closed}");
+    }
+    // The connection still serves.
+    let out = client.output(Command::shell("echo alive")).await.unwrap();
+    assert_eq!(out.stdout, b"alive\n");
 }

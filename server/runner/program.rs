@@ -146,6 +146,17 @@ fn login_shell() -> PathBuf {
         .clone()
 }
 
+/// The server user's home from the password database (else `$HOME`), when it
+/// is a directory: where a login shell starts without a run-as user.
+pub fn own_home() -> Option<PathBuf> {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|user| user.dir)
+        .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
+        .filter(|dir| dir.is_dir())
+}
+
 /// `-bash` for /bin/bash: a leading dash makes a shell a login shell.
 pub fn login_arg0(program: &Path) -> String {
     let name = program

@@ -35,10 +35,16 @@ pub fn spawn(
     run_as: Option<&RunAs>,
     joiner: Option<Joiner>,
 ) -> Result<Spawned, RunError> {
+    // A login shell starts at home, as `ssh host` does (DESIGN: "in their home directory").
     let cwd = spec
         .cwd
         .clone()
-        .or_else(|| run_as.map(|user| user.default_cwd().to_path_buf()));
+        .or_else(|| run_as.map(|user| user.default_cwd().to_path_buf()))
+        .or_else(|| {
+            matches!(spec.program, Program::LoginShell)
+                .then(super::program::own_home)
+                .flatten()
+        });
     if let Some(joiner) = &joiner
         && spec.tty.is_none()
         && run_as.is_none()

@@ -74,6 +74,33 @@ impl Command {
         &self.request.cwd
     }
 
+    /// The argv of an argv command (empty for a shell command line).
+    pub fn argv_words(&self) -> &[String] {
+        &self.request.argv
+    }
+
+    /// The environment set so far, sorted by name.
+    pub fn env_vars(&self) -> Vec<(&str, &str)> {
+        let mut vars: Vec<(&str, &str)> = self
+            .request
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        vars.sort_unstable();
+        vars
+    }
+
+    /// The timeout set so far.
+    pub fn current_timeout(&self) -> Option<Duration> {
+        (self.request.timeout_ms > 0).then(|| Duration::from_millis(self.request.timeout_ms))
+    }
+
+    /// Whether there is anything to run (a command line or an argv).
+    pub fn is_empty(&self) -> bool {
+        self.request.command.is_empty() && self.request.argv.is_empty()
+    }
+
     /// The shell command line, or `None` for an argv command.
     pub fn shell_text(&self) -> Option<&str> {
         (!self.request.command.is_empty()).then_some(self.request.command.as_str())

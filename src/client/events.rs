@@ -46,8 +46,10 @@ impl Events {
                     self.exited = true;
                     // Read the stream to its end (the status trailers): a stream
                     // dropped unfinished is reset, and a connection that resets
-                    // too many gets GOAWAY from the server's HTTP/2 stack.
-                    while self.stream.message().await?.is_some() {}
+                    // too many gets GOAWAY from the server's HTTP/2 stack. The
+                    // command has ended and its exit is known, so trailers that
+                    // then fail (a lost connection, an error status) cannot undo it.
+                    while let Ok(Some(_)) = self.stream.message().await {}
                     Event::Exit(exit.into())
                 }
                 None => continue,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::proto;
 
 /// How a command ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExitStatus {
     /// Exit code, when it exited normally.
     pub code: Option<i32>,
@@ -24,6 +24,14 @@ pub struct ExitStatus {
 }
 
 impl ExitStatus {
+    /// A normal exit with `code`, nothing else known.
+    pub fn exited(code: i32) -> ExitStatus {
+        ExitStatus {
+            code: Some(code),
+            ..ExitStatus::default()
+        }
+    }
+
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
@@ -37,6 +45,39 @@ impl ExitStatus {
                 crate::signals::number(signal).map_or(crate::EXIT_REXEC_FAILURE, |n| 128 + n)
             }
             (None, None) => crate::EXIT_REXEC_FAILURE,
+        }
+    }
+}
+
+/// "exit 3", "killed by signal TERM", "exit 0"; "(timed out)" after a
+/// timeout. The one way any tool says how a command ended.
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.code, &self.signal) {
+            (Some(code), _) => write!(f, "exit {code}")?,
+            (None, Some(signal)) => write!(f, "killed by signal {signal}")?,
+            (None, None) => f.write_str("no exit status")?,
+        }
+        if self.timed_out {
+            f.write_str(" (timed out)")?;
+        }
+        Ok(())
+    }
+}
+
+/// A legacy answer's header says as much as it carries: code or signal,
+/// timeout, truncation, duration.
+impl From<&crate::legacy::ResponseHeader> for ExitStatus {
+    fn from(header: &crate::legacy::ResponseHeader) -> Self {
+        ExitStatus {
+            code: header.exit_code,
+            signal: header.signal.clone(),
+            timed_out: header.timed_out == Some(true),
+            truncated: header.truncated == Some(true),
+            duration: Duration::from_millis(header.duration_ms.unwrap_or(0)),
+            stdout_bytes: header.stdout_size.unwrap_or(0),
+            stderr_bytes: header.stderr_size.unwrap_or(0),
+            ..ExitStatus::default()
         }
     }
 }
@@ -78,5 +119,33 @@ mod tests {
         assert_eq!(status.local_exit_code(), 137);
         status.signal = Some("BOGUS".into());
         assert_eq!(status.local_exit_code(), 255);
+    }
+
+    #[test]
+    fn statuses_read_as_words() {
+        let status = |code, signal: Option<&str>, timed_out| ExitStatus {
+            code,
+            signal: signal.map(String::from),
+            timed_out,
+            ..ExitStatus::default()
+        };
+        assert_eq!(status(Some(3), None, false).to_string(), "exit 3");
+        assert_eq!(
+            status(None, Some("TERM"), true).to_string(),
+            "killed by signal TERM (timed out)"
+        );
+        assert_eq!(status(None, None, false).to_string(), "no exit status");
+    }
+
+    #[test]
+    fn legacy_headers_become_statuses() {
+        let header = crate::legacy::ResponseHeader {
+            signal: Some("KILL".into()),
+            timed_out: Some(true),
+            ..Default::default()
+        };
+        let status = ExitStatus::from(&header);
+        assert_eq!(status.local_exit_code(), 137);
+        assert!(status.timed_out);
     }
 }

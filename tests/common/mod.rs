@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod terminal;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -88,6 +90,8 @@ impl Daemon {
     pub fn rexec(&self) -> Command {
         let mut command = Command::new(REXEC);
         command.args(["--addr", &self.addr]).stdin(Stdio::null());
+        // A REPL run by a test keeps its history in scratch, not the real file.
+        command.env("REXEC_HISTORY", scratch_dir("history").join("history"));
         command
     }
 
