@@ -196,16 +196,15 @@ async fn run_fleet(hosts: Vec<Host>, job: Arc<Job>, parallel: usize) -> Ending {
         let (job, permits, sender) = (job.clone(), permits.clone(), sender.clone());
         let cancel = cancel.clone();
         tasks.spawn(async move {
-            // Held for the host's whole run: --parallel bounds connections in flight.
-            let run = async {
-                let _permit = permits.acquire_owned().await;
-                run_host(index, &host, &job, &sender, &cancel).await
+            // Held for the host's whole run: --parallel bounds connections in
+            // flight. After Ctrl-C a host still waiting goes on without one,
+            // to be reported as interrupted without starting.
+            let _permit = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                permit = permits.acquire_owned() => Some(permit),
             };
-            tokio::select! {
-                result = run => result,
-                // Still waiting for a permit: it never started.
-                _ = cancel.cancelled() => Some(HostResult::new(index, Ending::Interrupted)),
-            }
+            run_host(index, &host, &job, &sender, &cancel).await
         });
     }
     drop(sender);
@@ -273,8 +272,9 @@ async fn run_host(
     let started = Instant::now();
     let mut collector = Collector::new(index, job);
     let ended = tokio::select! {
-        ended = exec_on(host, job, &mut collector, sender) => ended,
+        biased;
         _ = cancel.cancelled() => Err(Stop::Interrupted),
+        ended = exec_on(host, job, &mut collector, sender) => ended,
     };
     let elapsed = started.elapsed();
     let ending = match ended {

@@ -462,3 +462,60 @@ fn on_a_terminal_prefixes_are_coloured_and_progress_is_shown() {
     );
     assert!(!screen.contains("\x1b[0m | "), "{screen:?}");
 }
+
+#[test]
+fn ctrl_c_cancels_every_host_and_the_summary_says_who_finished() {
+    let daemons: Vec<Daemon> = (0..2).map(|_| Daemon::start()).collect();
+    let dead = dead_port();
+    let dir = scratch_dir("fanout-int");
+    let (sleep, needle) = common::unique_sleep(33);
+    // The first host to get here finishes; the other prints half a line and sleeps.
+    let script = format!(
+        "mkdir {}/first 2>/dev/null && {{ echo fast; exit 0; }}; printf half-a-line; {sleep}",
+        dir.display()
+    );
+    let mut hosts = addrs(&daemons);
+    hosts.push(&dead);
+    let mut child = fleet(hosts)
+        .args(["--", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(common::eventually(Duration::from_secs(10), || {
+        !common::processes_matching(&needle).is_empty()
+    }));
+    // Let the finished and the unreachable host be reported first.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let exited = common::eventually(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(exited, "fan-out ended after Ctrl-C: {stderr}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stdout.contains(" | fast\n"), "{stdout}");
+    assert!(
+        stdout.contains(" | half-a-line\n"),
+        "the partial line is written with its newline: {stdout:?}"
+    );
+    assert!(
+        stderr.contains("1 of 3 hosts finished, 1 failed, 1 interrupted"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{dead}: cannot connect")), "{stderr}");
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            common::processes_matching(&needle).is_empty()
+        }),
+        "the interrupted host's command was cancelled"
+    );
+}

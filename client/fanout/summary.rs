@@ -59,7 +59,7 @@ pub fn print(names: &[String], results: &[HostResult], interrupted: bool) {
             .map(|r| names[r.host].as_str())
             .collect();
         text.push_str(&format!(
-            "rexec: interrupted; remote commands cancelled: {} of {} hosts finished, {} failed, {} interrupted\n",
+            "rexec: after Ctrl-C: {} of {} hosts finished, {} failed, {} interrupted\n",
             finished.len(),
             names.len(),
             failed.len(),
