@@ -10,8 +10,8 @@ use rexec::ending::Ending;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// Server address: HOST[:PORT] (port 50051), http://HOST:PORT, or
-    /// https://HOST:PORT for TLS. With --legacy, the legacy listener's HOST:PORT.
+    /// Server: HOST[:PORT] (port 50051), or https://HOST[:PORT] for TLS
+    /// (http:// for plaintext). With --legacy, the legacy listener's HOST:PORT.
     #[arg(long, env = "REXEC_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: String,
 
@@ -19,15 +19,13 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = rexec::units::parse_duration)]
     pub connect_timeout: Duration,
 
-    /// Read the bearer token for `rexecd --tokens-file` from FILE (just the
-    /// token). Without it, $REXEC_TOKEN is used when set; without either, a
-    /// loopback --addr gets this user's local token, which a default rexecd
-    /// requires ($REXEC_LOCAL_TOKEN_FILE, else ~/.local/state/rexec/token).
+    /// Bearer token for `rexecd --tokens-file`, read from FILE (else
+    /// $REXEC_TOKEN; a loopback --addr gets this user's local token by itself).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// CA certificate (PEM) that signed the server's certificate; implies
-    /// TLS. Without it, an https:// server needs a certificate the system trusts.
+    /// CA certificate (PEM) that signed the server's; implies TLS (without
+    /// it, https:// needs a certificate the system trusts).
     #[arg(long, value_name = "FILE", env = "REXEC_CA")]
     pub ca: Option<PathBuf>,
 

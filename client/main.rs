@@ -22,16 +22,23 @@ use rexec::ending::Ending;
 use crate::interrupt::Interrupts;
 use crate::output::Output;
 
-/// Run a command on a remote host through rexecd.
+/// Run a command on a remote host through rexecd, as `ssh host command` does.
 ///
-/// WORDS are joined by spaces and run by the remote shell, as ssh does. With no
-/// WORDS, rexec reads commands line by line (a REPL). The exit code is the remote
-/// command's; 128+N when it died of signal N; 255 when rexec itself failed.
+/// WORDS are joined by spaces and run by the remote shell. Options go before
+/// `--` or the first word; everything after goes to the remote side untouched.
+/// With no WORDS, rexec reads one command a line (a REPL). The exit code is
+/// the remote command's; 128+N when signal N killed it; 130 after Ctrl-C
+/// twice; 2 for bad flags; 255 when rexec itself failed.
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about,
+    about = "Run a command on a remote host through rexecd, as `ssh host command` does.",
     long_about,
+    override_usage = "rexec [OPTIONS] [--] WORDS...\n       \
+                      rexec [OPTIONS]                  (a REPL: one command a line)\n       \
+                      rexec -H HOST [-H HOST...] [--] WORDS...\n       \
+                      rexec bench|completions ...",
+    after_long_help = EXAMPLES,
     // Words that merely start like a subcommand stay a remote command: only
     // the first word is checked, never after `--`, and `help` is not one.
     args_conflicts_with_subcommands = true,
@@ -53,7 +60,7 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     cwd: Option<String>,
 
-    /// Kill the remote command after this long (e.g. 500ms, 10s, 2m).
+    /// Kill the remote command after this long (500ms, 10s, 1m30s).
     #[arg(long, value_name = "DURATION", value_parser = rexec::units::parse_duration)]
     timeout: Option<Duration>,
 
@@ -71,14 +78,13 @@ struct Cli {
     #[arg(short = 't', long, conflicts_with = "legacy")]
     tty: bool,
 
-    /// Transcode remote output from this encoding to UTF-8 (e.g. gbk, shift_jis).
+    /// Transcode remote output from this encoding to UTF-8 (gbk, cp936,
+    /// shift_jis, latin1...).
     #[arg(long, value_name = "ENC")]
     encoding: Option<String>,
 
-    /// Talk to rexecd's legacy raw-TCP listener (`rexecd --legacy-listen`) with
-    /// the 4-byte-prefix protocol instead of gRPC; --addr is then that
-    /// listener's host:port. --cwd, --env and --no-shell are folded into the
-    /// command line, since that protocol carries only a command, stdin and a timeout.
+    /// Use rexecd's legacy raw-TCP listener (`--legacy-listen`); --addr is its
+    /// HOST:PORT, and --cwd, --env, --no-shell are folded into the command line.
     #[arg(long)]
     legacy: bool,
 
@@ -92,6 +98,18 @@ struct Cli {
     #[command(subcommand)]
     tool: Option<Tool>,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  rexec -- uptime                                  run on 127.0.0.1:50051
+  rexec --addr web1 -- 'df -h | grep /data'        port 50051 unless named
+  tar c dir | rexec --addr web1 -- tar x -C /tmp   stdin is streamed
+  rexec -t --addr web1                             a login shell, as `ssh web1`
+  rexec --addr https://web1:50051 --ca ca.pem -- id
+  rexec -H web1 -H web2 -- systemctl is-active nginx
+  rexec bench -c 64 -n 10000 -- true
+
+The manual is README.md, beside rexec's source.";
 
 /// Local tools; a remote command with the same name runs with `rexec -- NAME`.
 #[derive(Debug, clap::Subcommand)]

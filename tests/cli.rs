@@ -405,3 +405,27 @@ fn encoding_accepts_code_page_aliases() {
         "names the labels: {err}"
     );
 }
+
+#[test]
+fn help_is_short_and_shows_how_to_call() {
+    let help = |flag: &str| {
+        let out = Command::new(common::REXEC).arg(flag).output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (short, long) = (help("-h"), help("--help"));
+    assert_eq!(
+        short.lines().next(),
+        long.lines().next(),
+        "one summary line"
+    );
+    assert!(short.contains("rexec [OPTIONS] [--] WORDS..."), "{short}");
+    assert!(
+        long.contains("https://") && long.contains("Examples:"),
+        "{long}"
+    );
+    assert!(
+        short.lines().all(|line| line.len() < 260),
+        "flag texts stay short: {short}"
+    );
+}

@@ -511,7 +511,10 @@ fn ctrl_c_cancels_every_host_and_the_summary_says_who_finished() {
         stderr.contains("1 of 3 hosts finished, 1 failed, 1 interrupted"),
         "{stderr}"
     );
-    assert!(stderr.contains(&format!("{dead}: cannot connect")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{dead}: cannot connect")),
+        "{stderr}"
+    );
     assert!(
         common::eventually(Duration::from_secs(10), || {
             common::processes_matching(&needle).is_empty()
