@@ -1,16 +1,21 @@
 //! Fleet fan-out: one command on many hosts at once (`rexec -H a -H b -- cmd`),
 //! as pssh and pdsh do. Every host gets its own connection; `--parallel`
-//! permits bound how many are connected and running at a time. Ctrl-C cancels
-//! every remote command, and the summary says which hosts finished, failed
-//! and were interrupted.
+//! permits bound how many are connected and running at a time, `--batch`
+//! runs them batch after batch and `--max-failures` stops new ones. Ctrl-C
+//! cancels every remote command, and the summary says which hosts finished,
+//! failed, were interrupted or not run.
 
 mod collector;
+mod files;
+mod fold;
+mod gather;
 mod hosts;
 mod lines;
+mod rollout;
 mod sink;
 mod summary;
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,9 +27,12 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use self::collector::{Collector, SinkClosed};
+use self::files::{HostFiles, OutputDir};
+use self::gather::Gathered;
 use self::hosts::Host;
+use self::rollout::{BatchSize, FailureBudget};
 use self::sink::{Message, Sink, Stream};
-use self::summary::HostResult;
+use self::summary::{HostResult, Outcome, Tally};
 use crate::interrupt::Interrupts;
 
 /// Local stdin is read whole and sent in every host's request, which rexecd
@@ -66,8 +74,34 @@ pub struct FleetArgs {
     pub parallel: u32,
 
     /// Print each host's output together, when that host finishes.
-    #[arg(long, conflicts_with = "json", requires = "fleet_hosts")]
+    #[arg(long, conflicts_with_all = ["json", "gather", "diff"], requires = "fleet_hosts")]
     pub group: bool,
+
+    /// At the end, print each distinct output once under the folded set of
+    /// hosts that printed it, largest group first (clush -b); stdout and
+    /// stderr apart.
+    #[arg(short = 'b', long, requires = "fleet_hosts")]
+    pub gather: bool,
+
+    /// As --gather, but each output other than the most common is shown as a
+    /// unified diff against it.
+    #[arg(long, requires = "fleet_hosts")]
+    pub diff: bool,
+
+    /// Also write each host's stdout and stderr to DIR/HOST.out and
+    /// DIR/HOST.err as they arrive, and DIR/summary.json at the end.
+    #[arg(long, value_name = "DIR", requires = "fleet_hosts")]
+    pub output_dir: Option<PathBuf>,
+
+    /// Run the hosts in batches of N, or N% of them: a batch starts when the
+    /// whole batch before it has finished.
+    #[arg(long, value_name = "N|N%", value_parser = rollout::parse_batch, requires = "fleet_hosts")]
+    pub batch: Option<BatchSize>,
+
+    /// Start no new host once K hosts have failed; the rest are not run.
+    #[arg(long, value_name = "K", requires = "fleet_hosts",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_failures: Option<u32>,
 
     /// Print one JSON object per host, when it finishes: host, exit, signal,
     /// timed_out, stdout, stderr, duration_ms, error.
@@ -90,7 +124,11 @@ impl FleetArgs {
 pub enum Mode {
     Lines,
     Group,
-    Json { base64: bool },
+    /// `--gather` or `--diff` without `--json`: nothing until the end.
+    Gather,
+    Json {
+        base64: bool,
+    },
 }
 
 /// What every host runs, and how.
@@ -98,7 +136,19 @@ pub struct Job {
     command: Command,
     options: ClientOptions,
     mode: Mode,
+    /// `--gather` or `--diff`, in text or JSON.
+    gather: bool,
+    diff: bool,
     encoding: Option<&'static Encoding>,
+    output_dir: Option<OutputDir>,
+}
+
+/// How hosts are started: at most `parallel` at once, batch after batch,
+/// none after `max_failures`.
+struct Plan {
+    parallel: usize,
+    batch: Option<BatchSize>,
+    max_failures: Option<usize>,
 }
 
 /// Runs `command` on every host `fleet` names, sending each the whole of
@@ -140,20 +190,40 @@ pub async fn run(
             Err(ending) => return ending,
         }
     }
-    let mode = match (fleet.group, fleet.json) {
-        (_, true) => Mode::Json {
+    let gather = fleet.gather || fleet.diff;
+    let mode = match (fleet.json, gather, fleet.group) {
+        (true, _, _) => Mode::Json {
             base64: fleet.json_base64,
         },
-        (true, false) => Mode::Group,
-        (false, false) => Mode::Lines,
+        (false, true, _) => Mode::Gather,
+        (false, false, true) => Mode::Group,
+        (false, false, false) => Mode::Lines,
+    };
+    let output_dir = match &fleet.output_dir {
+        Some(dir) => {
+            let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+            match OutputDir::prepare(dir, &names) {
+                Ok(output_dir) => Some(output_dir),
+                Err(ending) => return ending,
+            }
+        }
+        None => None,
     };
     let job = Arc::new(Job {
         command,
         options: options.clone(),
         mode,
+        gather,
+        diff: fleet.diff,
         encoding,
+        output_dir,
     });
-    run_fleet(hosts, job, fleet.parallel as usize).await
+    let plan = Plan {
+        parallel: fleet.parallel as usize,
+        batch: fleet.batch,
+        max_failures: fleet.max_failures.map(|k| k as usize),
+    };
+    run_fleet(hosts, job, plan).await
 }
 
 /// Local stdin, read once for every host, up to [`MAX_STDIN_BYTES`].
@@ -173,7 +243,7 @@ fn read_stdin() -> Result<Vec<u8>, Ending> {
     Ok(bytes)
 }
 
-async fn run_fleet(hosts: Vec<Host>, job: Arc<Job>, parallel: usize) -> Ending {
+async fn run_fleet(hosts: Vec<Host>, job: Arc<Job>, plan: Plan) -> Ending {
     let mut interrupts = match Interrupts::new() {
         Ok(interrupts) => interrupts,
         Err(e) => return Ending::failed(format!("cannot take over Ctrl-C: {e}")),
@@ -189,53 +259,141 @@ async fn run_fleet(hosts: Vec<Host>, job: Arc<Job>, parallel: usize) -> Ending {
     let (sender, receiver) = mpsc::channel(SINK_QUEUE);
     let writer = tokio::task::spawn_blocking(move || sink.run(receiver));
 
-    let permits = Arc::new(Semaphore::new(parallel));
+    let permits = Arc::new(Semaphore::new(plan.parallel));
+    let budget = Arc::new(FailureBudget::new(plan.max_failures));
     let cancel = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, host) in hosts.into_iter().enumerate() {
-        let (job, permits, sender) = (job.clone(), permits.clone(), sender.clone());
-        let cancel = cancel.clone();
-        tasks.spawn(async move {
-            // Held for the host's whole run: --parallel bounds connections in
-            // flight. After Ctrl-C a host still waiting goes on without one,
-            // to be reported as interrupted without starting.
-            let _permit = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => None,
-                permit = permits.acquire_owned() => Some(permit),
+    let hosts: Vec<Arc<Host>> = hosts.into_iter().map(Arc::new).collect();
+    let mut results = Vec::with_capacity(names.len());
+    for batch in rollout::batches(hosts.len(), plan.batch) {
+        if sender.is_closed() {
+            break;
+        }
+        // After Ctrl-C, later batches are never started.
+        if cancel.is_cancelled() {
+            for index in batch {
+                results.extend(not_run(index, &hosts[index], &job, &sender).await);
+            }
+            continue;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in batch {
+            let (host, job, sender) = (hosts[index].clone(), job.clone(), sender.clone());
+            let (permits, budget, cancel) = (permits.clone(), budget.clone(), cancel.clone());
+            tasks.spawn(async move {
+                // Held for the host's whole run: --parallel bounds connections in
+                // flight. After Ctrl-C a host still waiting goes on without one,
+                // to be reported as interrupted without starting.
+                let permit = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => None,
+                    permit = permits.acquire_owned() => Some(permit),
+                };
+                if permit.is_some() && budget.spent() {
+                    return not_run(index, &host, &job, &sender).await;
+                }
+                let result = run_host(index, &host, &job, &sender, &cancel).await;
+                // Counted before the permit goes, for the next host to see.
+                budget.record(result.as_ref().is_some_and(HostResult::failed));
+                drop(permit);
+                result
+            });
+        }
+        loop {
+            let joined = tokio::select! {
+                joined = tasks.join_next() => joined,
+                // Dropping each host's stream cancels its command; every host
+                // still writes its partial lines and is counted as interrupted.
+                _ = interrupts.next(), if !cancel.is_cancelled() => {
+                    cancel.cancel();
+                    continue;
+                }
             };
-            run_host(index, &host, &job, &sender, &cancel).await
-        });
+            match joined {
+                Some(Ok(Some(result))) => results.push(result),
+                // The writer is gone (its error is reported below).
+                Some(Ok(None)) => {}
+                Some(Err(e)) => return Ending::failed(format!("host task failed: {e}")),
+                None => break,
+            }
+        }
     }
     drop(sender);
 
-    let mut results = Vec::with_capacity(names.len());
-    loop {
-        let joined = tokio::select! {
-            joined = tasks.join_next() => joined,
-            // Dropping each host's stream cancels its command; every host
-            // still writes its partial lines and is counted as interrupted.
-            _ = interrupts.next(), if !cancel.is_cancelled() => {
-                cancel.cancel();
-                continue;
-            }
-        };
-        match joined {
-            Some(Ok(Some(result))) => results.push(result),
-            // The writer is gone (its error is reported below).
-            Some(Ok(None)) => {}
-            Some(Err(e)) => return Ending::failed(format!("host task failed: {e}")),
-            None => break,
-        }
-    }
-    match writer.await {
-        Ok(Ok(())) => {}
+    let gathered = match writer.await {
+        Ok(Ok(gathered)) => gathered,
         Ok(Err(e)) => return Ending::output(e),
         Err(e) => return Ending::failed(format!("output writer failed: {e}")),
-    }
+    };
     results.sort_by_key(|r| r.host);
-    summary::print(&names, &results, cancel.is_cancelled());
-    summary::ending(&results, cancel.is_cancelled())
+    finish(&names, &results, &job, &gathered, cancel.is_cancelled())
+}
+
+/// The end of a run: `--gather` groups (or the `--json` summary record), the
+/// summary on stderr, `summary.json` for `--output-dir`, and the exit code.
+fn finish(
+    names: &[String],
+    results: &[HostResult],
+    job: &Job,
+    gathered: &Gathered,
+    interrupted: bool,
+) -> Ending {
+    let ending = summary::ending(results, interrupted);
+    let tally = Tally::new(names, results);
+    if job.gather {
+        let written = match job.mode {
+            Mode::Json { base64 } => {
+                let mut record = summary::json(&tally, ending.code());
+                record["stdout"] = gather::json(&gathered.stdout, names, job.diff, base64);
+                record["stderr"] = gather::json(&gathered.stderr, names, job.diff, base64);
+                let line = serde_json::json!({ "summary": record }).to_string();
+                let mut out = std::io::stdout().lock();
+                out.write_all(line.as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush())
+            }
+            _ => {
+                let mut out = std::io::stdout().lock();
+                let mut err = std::io::stderr().lock();
+                gather::write_text(&gathered.stdout, names, job.diff, &mut out)
+                    .and_then(|()| out.flush())
+                    .and_then(|()| gather::write_text(&gathered.stderr, names, job.diff, &mut err))
+            }
+        };
+        if let Err(e) = written {
+            return Ending::output(e);
+        }
+    }
+    eprint!("{}", summary::text(&tally, interrupted));
+    if let Some(dir) = &job.output_dir
+        && let Err(message) = dir.write_summary(names, results, ending.code())
+    {
+        return Ending::failed(message);
+    }
+    ending
+}
+
+/// Reports a host that is never started (`--max-failures` reached, or a batch
+/// after Ctrl-C); `None` when the sink went away first.
+async fn not_run(
+    index: usize,
+    host: &Host,
+    job: &Job,
+    sender: &mpsc::Sender<Message>,
+) -> Option<HostResult> {
+    let record = match job.mode {
+        Mode::Json { .. } => Some(collector::not_run_record(&host.name)),
+        _ => None,
+    };
+    let message = Message::Done {
+        host: index,
+        parts: Vec::new(),
+        error: None,
+        record,
+        kept: None,
+        failed: false,
+    };
+    sender.send(message).await.ok()?;
+    Some(HostResult::not_run(index))
 }
 
 /// Why a host's run stopped early.
@@ -292,17 +450,20 @@ async fn run_host(
         other => Some(other.to_string()),
     };
     // Held and partial lines are written even after Ctrl-C, each with its newline.
-    let (parts, record) = collector.finish(&host.name, status, error.as_deref(), elapsed);
+    let finished = collector.finish(&host.name, status, error.as_deref(), elapsed);
     let result = HostResult::new(index, ending);
     let message = Message::Done {
         host: index,
-        parts,
-        // An interrupted host is named in the summary, not on a line of its own.
-        error: match (&record, &result.ending) {
-            (None, Ending::Failed(_)) => error,
+        parts: finished.parts,
+        // An interrupted host is named in the summary, not on a line of its
+        // own; with --gather, so is a failed one.
+        error: match (&finished.record, &result.outcome, job.mode) {
+            (_, _, Mode::Gather) => None,
+            (None, Outcome::Ended(Ending::Failed(_)), _) => error,
             _ => None,
         },
-        record,
+        record: finished.record,
+        kept: finished.kept,
         failed: result.failed(),
     };
     sender.send(message).await.ok()?;
@@ -315,6 +476,12 @@ async fn exec_on(
     collector: &mut Collector,
     sender: &mpsc::Sender<Message>,
 ) -> Result<ExitStatus, Stop> {
+    // Opened before connecting: a host that cannot be reached still gets
+    // its (empty) files, as every host of the run does.
+    let mut files: Option<HostFiles> = match &job.output_dir {
+        Some(dir) => Some(dir.open(&host.name).map_err(Stop::Failed)?),
+        None => None,
+    };
     // The whole handshake, not only the TCP connect, must fit the timeout: a
     // host that accepts and then says nothing must not hold a permit forever.
     let timeout = job.options.connect_timeout;
@@ -323,12 +490,17 @@ async fn exec_on(
         .map_err(|_| Stop::Failed(format!("cannot connect to {}: timed out", host.addr)))??;
     let mut events = client.exec(job.command.clone()).await?;
     while let Some(event) = events.next().await? {
-        match event {
-            Event::Stdout(bytes) => collector.push(Stream::Stdout, &bytes, sender).await?,
-            Event::Stderr(bytes) => collector.push(Stream::Stderr, &bytes, sender).await?,
+        let (stream, bytes) = match event {
+            Event::Stdout(bytes) => (Stream::Stdout, bytes),
+            Event::Stderr(bytes) => (Stream::Stderr, bytes),
             Event::Exit(status) => return Ok(status),
-            Event::Started { .. } => {}
+            Event::Started { .. } => continue,
+        };
+        // The remote bytes as they came (before --encoding), never held.
+        if let Some(files) = files.as_mut() {
+            files.write(stream, &bytes).map_err(Stop::Failed)?;
         }
+        collector.push(stream, &bytes, sender).await?;
     }
     Err(Stop::Failed("no exit status".into()))
 }

@@ -1,5 +1,6 @@
 //! One host's output on its way to the sink, per mode: whole lines sent as
-//! they complete, held for `--group`, or kept for the `--json` record.
+//! they complete, held for `--group`, or kept for the `--json` record and
+//! `--gather`.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use encoding_rs::Decoder;
 use rexec::client::ExitStatus;
 use tokio::sync::mpsc;
 
+use super::gather::Kept;
 use super::lines::LineBuffer;
 use super::sink::{Message, Parts, Stream};
 use super::{Job, MAX_GROUP_HOLD, MAX_JSON_STREAM, Mode};
@@ -17,19 +19,31 @@ use crate::output::decode;
 pub struct SinkClosed;
 
 /// One host's output on its way to the sink, per mode: whole lines sent as
-/// they complete, held for `--group`, or kept for the `--json` record.
+/// they complete, held for `--group`, or kept for the `--json` record and
+/// `--gather`.
 pub struct Collector {
     host: usize,
     mode: Mode,
+    /// `--gather`: the kept output goes to the sink at the end.
+    gather: bool,
     decoders: Option<(Decoder, Decoder)>,
     lines: (LineBuffer, LineBuffer),
     /// `--group`: whole lines not yet sent, and their size.
     held: Parts,
     held_bytes: usize,
-    /// `--json`: everything each stream printed, up to [`MAX_JSON_STREAM`].
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    truncated: bool,
+    /// `--json` and `--gather`: everything each stream printed, up to
+    /// [`MAX_JSON_STREAM`] each.
+    kept: Kept,
+}
+
+/// What is left to send once a host is done.
+pub struct Finished {
+    /// Held lines and partial lines (with a newline added).
+    pub parts: Parts,
+    /// The `--json` record.
+    pub record: Option<String>,
+    /// `--gather`: the host's whole output.
+    pub kept: Option<Kept>,
 }
 
 impl Collector {
@@ -37,13 +51,12 @@ impl Collector {
         Collector {
             host,
             mode: job.mode,
+            gather: job.gather,
             decoders: job.encoding.map(|e| (e.new_decoder(), e.new_decoder())),
             lines: Default::default(),
             held: Vec::new(),
             held_bytes: 0,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            truncated: false,
+            kept: Kept::default(),
         }
     }
 
@@ -61,14 +74,8 @@ impl Collector {
             }
             None => chunk,
         };
-        if let Mode::Json { .. } = self.mode {
-            let kept = match stream {
-                Stream::Stdout => &mut self.stdout,
-                Stream::Stderr => &mut self.stderr,
-            };
-            let room = MAX_JSON_STREAM.saturating_sub(kept.len());
-            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            self.truncated |= chunk.len() > room;
+        if self.keeps() {
+            self.keep(stream, chunk);
             return Ok(());
         }
         let buffer = match stream {
@@ -97,6 +104,21 @@ impl Collector {
         Ok(())
     }
 
+    /// Whether output is kept whole rather than sent as lines.
+    fn keeps(&self) -> bool {
+        matches!(self.mode, Mode::Json { .. } | Mode::Gather)
+    }
+
+    fn keep(&mut self, stream: Stream, chunk: &[u8]) {
+        let (kept, truncated) = match stream {
+            Stream::Stdout => (&mut self.kept.stdout, &mut self.kept.stdout_truncated),
+            Stream::Stderr => (&mut self.kept.stderr, &mut self.kept.stderr_truncated),
+        };
+        let room = MAX_JSON_STREAM.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        *truncated |= chunk.len() > room;
+    }
+
     fn decoder(&mut self, stream: Stream) -> Option<&mut Decoder> {
         self.decoders.as_mut().map(|(out, err)| match stream {
             Stream::Stdout => out,
@@ -113,22 +135,21 @@ impl Collector {
         }
     }
 
-    /// What is left to write once the host is done: held lines and partial
-    /// lines (with a newline added), or the JSON record.
+    /// What is left to send once the host is done: held lines and partial
+    /// lines (with a newline added), or the JSON record, and the kept output.
     pub fn finish(
         mut self,
         name: &str,
         status: Option<&ExitStatus>,
         error: Option<&str>,
         elapsed: Duration,
-    ) -> (Parts, Option<String>) {
+    ) -> Finished {
         for stream in [Stream::Stdout, Stream::Stderr] {
             if let Some(decoder) = self.decoder(stream) {
                 let rest = decode(decoder, &[], true).into_bytes();
-                match (self.mode, stream) {
-                    (Mode::Json { .. }, Stream::Stdout) => self.stdout.extend_from_slice(&rest),
-                    (Mode::Json { .. }, Stream::Stderr) => self.stderr.extend_from_slice(&rest),
-                    _ => {
+                match self.keeps() {
+                    true => self.keep(stream, &rest),
+                    false => {
                         let buffer = match stream {
                             Stream::Stdout => &mut self.lines.0,
                             Stream::Stderr => &mut self.lines.1,
@@ -140,26 +161,30 @@ impl Collector {
                 }
             }
         }
-        if let Mode::Json { base64 } = self.mode {
-            let record = json_record(JsonHost {
+        let record = match self.mode {
+            Mode::Json { base64 } => Some(json_record(JsonHost {
                 name,
                 status,
                 error,
                 elapsed,
-                stdout: &self.stdout,
-                stderr: &self.stderr,
-                truncated: self.truncated,
+                stdout: &self.kept.stdout,
+                stderr: &self.kept.stderr,
+                truncated: self.kept.stdout_truncated || self.kept.stderr_truncated,
                 base64,
-            });
-            return (Vec::new(), Some(record));
-        }
+            })),
+            _ => None,
+        };
         if let Some(rest) = self.lines.0.finish() {
             self.hold(Stream::Stdout, rest);
         }
         if let Some(rest) = self.lines.1.finish() {
             self.hold(Stream::Stderr, rest);
         }
-        (self.held, None)
+        Finished {
+            parts: self.held,
+            record,
+            kept: self.gather.then_some(self.kept),
+        }
     }
 }
 
@@ -198,6 +223,20 @@ struct JsonRecord<'a> {
     error: Option<&'a str>,
 }
 
+/// The `--json` record of a host that never started: `"error": "not run"`.
+pub fn not_run_record(name: &str) -> String {
+    json_record(JsonHost {
+        name,
+        status: None,
+        error: Some(super::summary::NOT_RUN),
+        elapsed: Duration::ZERO,
+        stdout: &[],
+        stderr: &[],
+        truncated: false,
+        base64: false,
+    })
+}
+
 fn json_record(host: JsonHost<'_>) -> String {
     let (stdout, stdout_base64) = text_or_base64(host.stdout, host.base64);
     let (stderr, stderr_base64) = text_or_base64(host.stderr, host.base64);
@@ -224,7 +263,7 @@ fn json_record(host: JsonHost<'_>) -> String {
 
 /// The bytes as text; when they are not UTF-8, base64 if asked (and `true`),
 /// else text with U+FFFD for each bad sequence.
-fn text_or_base64(bytes: &[u8], base64: bool) -> (String, bool) {
+pub fn text_or_base64(bytes: &[u8], base64: bool) -> (String, bool) {
     match std::str::from_utf8(bytes) {
         Ok(text) => (text.to_string(), false),
         Err(_) if base64 => (

@@ -7,6 +7,8 @@ use std::io::{BufWriter, Write};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 
+use super::gather::{Gathered, Kept};
+
 /// Which local stream a piece of output goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -28,6 +30,8 @@ pub enum Message {
         error: Option<String>,
         /// One JSON line for stdout (`--json`).
         record: Option<String>,
+        /// `--gather`: the host's whole output, grouped here.
+        kept: Option<Kept>,
         failed: bool,
     },
 }
@@ -46,6 +50,7 @@ pub struct Sink {
     progress: Option<ProgressBar>,
     done: u64,
     failed: usize,
+    gathered: Gathered,
 }
 
 impl Sink {
@@ -81,13 +86,14 @@ impl Sink {
             progress,
             done: 0,
             failed: 0,
+            gathered: Gathered::default(),
         }
     }
 
-    /// Writes messages until every sender is gone; returns the first write
-    /// error (a closed pipe included), which also drops the receiver so the
-    /// hosts stop.
-    pub fn run(mut self, mut messages: mpsc::Receiver<Message>) -> std::io::Result<()> {
+    /// Writes messages until every sender is gone and returns what
+    /// `--gather` grouped; or the first write error (a closed pipe included),
+    /// which also drops the receiver so the hosts stop.
+    pub fn run(mut self, mut messages: mpsc::Receiver<Message>) -> std::io::Result<Gathered> {
         let result = (|| {
             while let Some(first) = messages.blocking_recv() {
                 let progress = self.progress.clone();
@@ -119,7 +125,7 @@ impl Sink {
         if let Some(bar) = &self.progress {
             bar.finish_and_clear();
         }
-        result
+        result.map(|()| self.gathered)
     }
 
     fn write(
@@ -135,8 +141,12 @@ impl Sink {
                 parts,
                 error,
                 record,
+                kept,
                 failed,
             } => {
+                if let Some(kept) = kept {
+                    self.gathered.add(host, kept);
+                }
                 self.write_parts(host, &parts, out, err)?;
                 if let Some(error) = error {
                     let line = format!("rexec: {error}\n");
