@@ -89,7 +89,8 @@ pub struct FleetArgs {
     pub diff: bool,
 
     /// Also write each host's stdout and stderr to DIR/HOST.out and
-    /// DIR/HOST.err as they arrive, and DIR/summary.json at the end.
+    /// DIR/HOST.err (HOST percent-encoded) as they arrive, and
+    /// DIR/summary.json at the end.
     #[arg(long, value_name = "DIR", requires = "fleet_hosts")]
     pub output_dir: Option<PathBuf>,
 

@@ -440,3 +440,89 @@ fn rollout_and_output_flags_with_garbage_exit_2_with_one_line() {
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
     }
 }
+
+#[test]
+fn ctrl_c_during_a_batch_leaves_later_batches_not_run() {
+    let fleet = Fleet::start(18, 4);
+    let dir = scratch_dir("batch-int");
+    let (sleep, needle) = common::unique_sleep(37);
+    let mut child = fleet
+        .rexec()
+        .args([
+            "--batch",
+            "2",
+            "--output-dir",
+            dir.to_str().expect("path"),
+            "--",
+            &sleep,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rexec");
+    assert!(common::eventually(Duration::from_secs(10), || {
+        common::processes_matching(&needle).len() == 2
+    }));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let exited = common::eventually(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(exited, "rexec ended after Ctrl-C: {stderr}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let expected = format!(
+        "rexec: after Ctrl-C: 0 of 4 hosts finished, 0 failed, 2 interrupted, 2 not run\n  \
+         interrupted: {} (2)\n  not run: {} (2)\n\
+         rexec: interrupted; remote command cancelled\n",
+        fleet.set(1, 2),
+        fleet.set(3, 4)
+    );
+    assert_eq!(stderr, expected);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let states: Vec<&str> = summary["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(states, ["interrupted", "interrupted", "not run", "not run"]);
+    assert!(common::eventually(Duration::from_secs(10), || {
+        common::processes_matching(&needle).is_empty()
+    }));
+    for daemon in &fleet.daemons[2..] {
+        assert!(
+            !daemon.log_text().contains("\"audit\":\"exec\""),
+            "a later batch ran"
+        );
+    }
+}
+
+#[test]
+fn gather_caps_each_hosts_output_and_says_it_was_cut() {
+    let fleet = Fleet::start(19, 2);
+    // 17 MiB of the same line from both hosts: one group, cut at 16 MiB.
+    let script = "yes abcdefghijklmn | head -c 17825792";
+    let out = output_within(fleet.rexec().args(["-b", "--", script]), b"", LIMIT);
+    assert_eq!(out.status.code(), Some(0));
+    let header = format!(
+        "---------------\n{} (2), output cut at 16 MiB\n---------------\n",
+        fleet.set(1, 2)
+    );
+    assert!(
+        out.stdout.starts_with(header.as_bytes()),
+        "{:?}",
+        &out.stdout[..200]
+    );
+    let body = out.stdout.len() - header.len();
+    assert_eq!(
+        body,
+        16 * 1024 * 1024 + 1,
+        "16 MiB and the newline ending it"
+    );
+}
