@@ -6,8 +6,9 @@ use std::io::{IsTerminal, Read};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rexec::client::Command;
+use rexec::client::{Command, describe_io};
 use rexec::legacy::{Request, RequestCodec, Response, ResponseCodec, ResponseHeader};
+use rexec::wrong_port::{self, Tried};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -91,14 +92,23 @@ impl Connection {
         // A server that refuses the connection answers and closes at once, so a
         // failed write may still have an answer waiting: read it first.
         let written = self.writer.write_all(&frame).await;
-        match self.responses.next().await {
-            Some(Ok(response)) => Ok(response),
-            Some(Err(e)) => Err(format!("bad answer from {}: {e}", self.addr)),
-            None => Err(match written {
+        let failure = match self.responses.next().await {
+            Some(Ok(response)) => return Ok(response),
+            Some(Err(e)) => format!("bad answer from {}: {e}", self.addr),
+            None => match written {
                 Err(e) => format!("connection to {} lost: {}", self.addr, describe_io(&e)),
                 Ok(()) => format!("{} closed the connection without an answer", self.addr),
-            }),
-        }
+            },
+        };
+        Err(self.diagnose().await.unwrap_or(failure))
+    }
+
+    /// After a failed call, what the port is when it is not a legacy
+    /// listener (e.g. a gRPC port answers with an HTTP/2 SETTINGS frame).
+    async fn diagnose(&self) -> Option<String> {
+        let kind = wrong_port::probe(&self.addr).await?;
+        let advice = wrong_port::advice(&self.addr, Tried::Legacy, kind)?;
+        Some(format!("cannot connect to {}: {advice}", self.addr))
     }
 }
 
@@ -255,15 +265,6 @@ pub fn command_line(command: &str, cwd: &str, env: &[(String, String)]) -> Resul
 /// Quotes a word for `/bin/sh`: single quotes, with `'` written as `'\''`.
 pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-fn describe_io(error: &std::io::Error) -> String {
-    match error.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
-        std::io::ErrorKind::TimedOut => "timed out".into(),
-        _ => error.to_string(),
-    }
 }
 
 #[cfg(test)]

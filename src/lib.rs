@@ -10,6 +10,7 @@ pub mod local_token;
 pub mod signals;
 mod tls_probe;
 pub mod tls_words;
+pub mod wrong_port;
 
 /// Generated gRPC types and stubs for `rexec.v1`.
 pub mod proto {
