@@ -44,6 +44,12 @@ impl Connection {
                 "--legacy takes host:port (the legacy listener's), not a {scheme}:// address"
             ));
         }
+        // The legacy listener has no well-known port to fill in.
+        if rexec::address::with_default_port(addr) != addr {
+            return Err(format!(
+                "--legacy needs HOST:PORT of rexecd's --legacy-listen, not '{addr}' without a port"
+            ));
+        }
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Err(_) => return Err(format!("cannot connect to {addr}: timed out")),
             Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {}", describe_io(&e))),
@@ -316,5 +322,7 @@ mod tests {
             Duration::from_secs(1),
         ));
         assert!(result.err().unwrap().contains("host:port"));
+        let result = runtime.block_on(Connection::connect("localhost", Duration::from_secs(1)));
+        assert!(result.err().unwrap().contains("HOST:PORT"));
     }
 }

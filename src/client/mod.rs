@@ -149,6 +149,12 @@ impl Client {
     /// A failed call. A transport failure on the first call means the port
     /// did not speak what we spoke: ask the TLS handshake, then the port, why.
     async fn failed(&self, status: tonic::Status) -> Error {
+        if let Some(http) = not_grpc(&status) {
+            return Error::Connect {
+                addr: self.addr.to_string(),
+                reason: http,
+            };
+        }
         if std::error::Error::source(&status).is_none() {
             return Error::Status(status);
         }
@@ -235,6 +241,18 @@ impl Client {
     }
 }
 
+/// An HTTP answer without gRPC in it (a web server or proxy on the port),
+/// which tonic reports as "grpc-status header missing, mapped from HTTP
+/// status code 404".
+fn not_grpc(status: &tonic::Status) -> Option<String> {
+    let (_, code) = status
+        .message()
+        .split_once("grpc-status header missing, mapped from HTTP status code ")?;
+    Some(format!(
+        "the port answered HTTP {code} without gRPC: an HTTP server or proxy, not rexecd"
+    ))
+}
+
 /// `host:port` of an endpoint URI: what a probe connection dials.
 fn authority_of(uri: &str) -> String {
     uri.split_once("://")
@@ -263,5 +281,24 @@ async fn diagnose(
     Error::Connect {
         addr: addr.to_string(),
         reason: advice.unwrap_or_else(|| error::root_cause(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_answer_is_not_grpc() {
+        let status = tonic::Status::unimplemented(
+            "grpc-status header missing, mapped from HTTP status code 404",
+        );
+        let words = not_grpc(&status).unwrap_or_default();
+        assert!(words.contains("HTTP 404"), "{words}");
+        assert_eq!(
+            not_grpc(&tonic::Status::unimplemented("no such method")),
+            None
+        );
+        assert_eq!(authority_of("https://[::1]:7/x"), "[::1]:7");
     }
 }
