@@ -101,6 +101,21 @@ pub fn describe_io(error: &std::io::Error) -> String {
     text.to_string()
 }
 
+/// An HTTP answer without gRPC in it (a web server or proxy on the port),
+/// which tonic reports as "grpc-status header missing, mapped from HTTP
+/// status code 404", as a connection failure.
+pub(super) fn not_grpc(addr: &str, status: &tonic::Status) -> Option<Error> {
+    let (_, code) = status
+        .message()
+        .split_once("grpc-status header missing, mapped from HTTP status code ")?;
+    Some(Error::Connect {
+        addr: addr.to_string(),
+        reason: format!(
+            "the port answered HTTP {code} without gRPC: an HTTP server or proxy, not rexecd"
+        ),
+    })
+}
+
 /// A status as one line: "not found: program not found: foo".
 pub fn describe_status(status: &tonic::Status) -> String {
     let code = format!("{:?}", status.code());

@@ -149,11 +149,8 @@ impl Client {
     /// A failed call. A transport failure on the first call means the port
     /// did not speak what we spoke: ask the TLS handshake, then the port, why.
     async fn failed(&self, status: tonic::Status) -> Error {
-        if let Some(http) = not_grpc(&status) {
-            return Error::Connect {
-                addr: self.addr.to_string(),
-                reason: http,
-            };
+        if let Some(error) = error::not_grpc(&self.addr, &status) {
+            return error;
         }
         if std::error::Error::source(&status).is_none() {
             return Error::Status(status);
@@ -190,6 +187,7 @@ impl Client {
         Ok(Events {
             stream,
             exited: false,
+            addr: self.addr.clone(),
         })
     }
 
@@ -236,21 +234,10 @@ impl Client {
             Events {
                 stream,
                 exited: false,
+                addr: self.addr.clone(),
             },
         ))
     }
-}
-
-/// An HTTP answer without gRPC in it (a web server or proxy on the port),
-/// which tonic reports as "grpc-status header missing, mapped from HTTP
-/// status code 404".
-fn not_grpc(status: &tonic::Status) -> Option<String> {
-    let (_, code) = status
-        .message()
-        .split_once("grpc-status header missing, mapped from HTTP status code ")?;
-    Some(format!(
-        "the port answered HTTP {code} without gRPC: an HTTP server or proxy, not rexecd"
-    ))
 }
 
 /// `host:port` of an endpoint URI: what a probe connection dials.
@@ -293,12 +280,14 @@ mod tests {
         let status = tonic::Status::unimplemented(
             "grpc-status header missing, mapped from HTTP status code 404",
         );
-        let words = not_grpc(&status).unwrap_or_default();
-        assert!(words.contains("HTTP 404"), "{words}");
-        assert_eq!(
-            not_grpc(&tonic::Status::unimplemented("no such method")),
-            None
+        let words = error::not_grpc("h:1", &status).map(|e| e.to_string());
+        let words = words.unwrap_or_default();
+        assert!(
+            words.contains("cannot connect to h:1: the port answered HTTP 404"),
+            "{words}"
         );
+        let other = tonic::Status::unimplemented("no such method");
+        assert!(error::not_grpc("h:1", &other).is_none());
         assert_eq!(authority_of("https://[::1]:7/x"), "[::1]:7");
     }
 }
