@@ -7,13 +7,14 @@
 
 mod collector;
 mod files;
-mod fold;
+pub mod fold;
 mod gather;
 mod hosts;
 mod lines;
 mod rollout;
 mod sink;
 mod summary;
+pub mod targets;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -51,10 +52,10 @@ const MAX_JSON_STREAM: usize = 16 * 1024 * 1024;
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Fleet fan-out (run on many hosts)")]
 #[group(skip)]
-#[command(group(clap::ArgGroup::new("fleet_hosts").multiple(true).args(["hosts", "hosts_file"])))]
+#[command(group(clap::ArgGroup::new("fleet_hosts").multiple(true).args(["hosts", "nodesets", "hosts_file"])))]
 pub struct FleetArgs {
-    /// Run on HOST (repeatable): host, host:port or http://host:port (port
-    /// 50051 when none). Output lines are prefixed `HOST | `; --addr is unused.
+    /// Run on HOST (repeatable): host, host:port, [v6]:port or http://host:port
+    /// (port 50051 when none). Output lines are prefixed `HOST | `.
     #[arg(
         short = 'H',
         long = "host",
@@ -63,10 +64,29 @@ pub struct FleetArgs {
     )]
     pub hosts: Vec<String>,
 
-    /// Run on every host listed in FILE: one host[:port] or URL per line,
-    /// `#` starts a comment, blank lines are skipped.
+    /// Run on the hosts of NODESET (repeatable), as clush -w: web[01-20],
+    /// 10.0.0.[1-50], @group, and `,` union, `!` difference, `&` and, `^` xor.
+    #[arg(short = 'w', long = "nodes", value_name = "NODESET",
+          conflicts_with_all = ["tty", "interactive", "legacy"])]
+    pub nodesets: Vec<String>,
+
+    /// Run on every host listed in FILE: a host, address or NodeSet a line,
+    /// `#` starts a comment.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["tty", "interactive", "legacy"])]
     pub hosts_file: Option<PathBuf>,
+
+    /// Leave out the hosts of NODESET (repeatable), as clush -x.
+    #[arg(
+        short = 'x',
+        long = "exclude",
+        value_name = "NODESET",
+        requires = "fleet_hosts"
+    )]
+    pub exclude: Vec<String>,
+
+    /// Print the hosts the flags name, folded, with their count; run nothing.
+    #[arg(long, requires = "fleet_hosts")]
+    pub list: bool,
 
     /// At most N hosts connected and running at once.
     #[arg(long, value_name = "N", default_value_t = 32,
@@ -117,7 +137,7 @@ pub struct FleetArgs {
 
 impl FleetArgs {
     pub fn wanted(&self) -> bool {
-        !self.hosts.is_empty() || self.hosts_file.is_some()
+        !self.hosts.is_empty() || !self.nodesets.is_empty() || self.hosts_file.is_some()
     }
 }
 
@@ -163,26 +183,26 @@ pub async fn run(
     stdin: bool,
     encoding: Option<&'static Encoding>,
 ) -> Ending {
-    let usage = Ending::Usage;
-    let mut all = Vec::new();
-    for text in &fleet.hosts {
-        match Host::parse(text) {
-            Ok(host) => all.push(host),
-            Err(e) => return usage(format!("-H {text}: {e}")),
-        }
+    let selection = targets::Selection {
+        hosts: &fleet.hosts,
+        nodesets: &fleet.nodesets,
+        hosts_file: fleet.hosts_file.as_deref(),
+        exclude: &fleet.exclude,
+    };
+    let hosts = match targets::select(&selection) {
+        Ok(hosts) => hosts,
+        Err(message) => return Ending::Usage(message),
+    };
+    if fleet.list {
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        let line = format!("{}\n", fold::fold_counted(&names));
+        return match std::io::Write::write_all(&mut std::io::stdout().lock(), line.as_bytes()) {
+            Ok(()) => Ending::Remote(ExitStatus::exited(0)),
+            Err(e) => Ending::output(e),
+        };
     }
-    if let Some(path) = &fleet.hosts_file {
-        match hosts::read_hosts_file(path) {
-            Ok(listed) if listed.is_empty() => {
-                return usage(format!("no hosts in {}", path.display()));
-            }
-            Ok(listed) => all.extend(listed),
-            Err(message) => return usage(message),
-        }
-    }
-    let hosts = hosts::dedup(all);
     if command.is_empty() {
-        return usage("fan-out needs a command: rexec -H HOST [-H HOST...] -- WORDS".into());
+        return Ending::usage("fan-out needs a command: rexec -w NODESET [--] WORDS");
     }
     let mut command = command;
     if stdin {

@@ -7,9 +7,10 @@ use std::io::{IsTerminal, Read};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rexec::client::{Command, ExitStatus, Output as Captured};
+use rexec::client::{Command, ExitStatus, Output as Captured, describe_io};
 use rexec::ending::Ending;
 use rexec::legacy::{Request, RequestCodec, Response, ResponseCodec};
+use rexec::wrong_port::{self, Tried};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -46,6 +47,12 @@ impl Connection {
         if let Some((scheme, _)) = addr.split_once("://") {
             return Err(format!(
                 "--legacy takes host:port (the legacy listener's), not a {scheme}:// address"
+            ));
+        }
+        // The legacy listener has no well-known port to fill in.
+        if rexec::address::with_default_port(addr) != addr {
+            return Err(format!(
+                "--legacy needs HOST:PORT of rexecd's --legacy-listen, not '{addr}' without a port"
             ));
         }
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
@@ -97,14 +104,23 @@ impl Connection {
         // A server that refuses the connection answers and closes at once, so a
         // failed write may still have an answer waiting: read it first.
         let written = self.writer.write_all(&frame).await;
-        match self.responses.next().await {
-            Some(Ok(response)) => Ok(response),
-            Some(Err(e)) => Err(format!("bad answer from {}: {e}", self.addr)),
-            None => Err(match written {
+        let failure = match self.responses.next().await {
+            Some(Ok(response)) => return Ok(response),
+            Some(Err(e)) => format!("bad answer from {}: {e}", self.addr),
+            None => match written {
                 Err(e) => format!("connection to {} lost: {}", self.addr, describe_io(&e)),
                 Ok(()) => format!("{} closed the connection without an answer", self.addr),
-            }),
-        }
+            },
+        };
+        Err(self.diagnose().await.unwrap_or(failure))
+    }
+
+    /// After a failed call, what the port is when it is not a legacy
+    /// listener (e.g. a gRPC port answers with an HTTP/2 SETTINGS frame).
+    async fn diagnose(&self) -> Option<String> {
+        let kind = wrong_port::probe(&self.addr).await?;
+        let advice = wrong_port::advice(&self.addr, Tried::Legacy, kind)?;
+        Some(format!("cannot connect to {}: {advice}", self.addr))
     }
 }
 
@@ -260,15 +276,6 @@ pub fn command_line(command: &Command) -> Result<String, String> {
     Ok(line)
 }
 
-fn describe_io(error: &std::io::Error) -> String {
-    match error.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
-        std::io::ErrorKind::TimedOut => "timed out".into(),
-        _ => error.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +306,7 @@ mod tests {
             Duration::from_secs(1),
         ));
         assert!(result.err().unwrap().contains("host:port"));
+        let result = runtime.block_on(Connection::connect("localhost", Duration::from_secs(1)));
+        assert!(result.err().unwrap().contains("HOST:PORT"));
     }
 }

@@ -6,6 +6,7 @@ mod connect;
 mod fanout;
 mod interrupt;
 mod legacy;
+mod nodes;
 mod output;
 mod quote;
 mod repl;
@@ -36,8 +37,8 @@ use crate::output::Output;
     long_about,
     override_usage = "rexec [OPTIONS] [--] WORDS...\n       \
                       rexec [OPTIONS]                  (a REPL: one command a line)\n       \
-                      rexec -H HOST [-H HOST...] [--] WORDS...\n       \
-                      rexec bench|completions ...",
+                      rexec -w NODESET [-x NODESET] [--] WORDS...   (many hosts)\n       \
+                      rexec bench|nodes|completions ...",
     after_long_help = EXAMPLES,
     // Words that merely start like a subcommand stay a remote command: only
     // the first word is checked, never after `--`, and `help` is not one.
@@ -106,7 +107,8 @@ Examples:
   tar c dir | rexec --addr web1 -- tar x -C /tmp   stdin is streamed
   rexec -t --addr web1                             a login shell, as `ssh web1`
   rexec --addr https://web1:50051 --ca ca.pem -- id
-  rexec -H web1 -H web2 -- systemctl is-active nginx
+  rexec -w 'web[01-20]' -x web07 -- systemctl is-active nginx
+  rexec nodes @web                                 the hosts a group names
   rexec bench -c 64 -n 10000 -- true
 
 The manual is README.md, beside rexec's source.";
@@ -123,6 +125,9 @@ enum Tool {
     /// Run a command many times over shared connections and report execs/s,
     /// MB/s and latency: `rexec bench -c 64 -n 10000 -- true`.
     Bench(Box<bench::BenchArgs>),
+    /// Print the hosts a NodeSet names, folded, with their count (`-e`
+    /// expands, `-c` counts): `rexec nodes 'web[01-20]!web07'`.
+    Nodes(nodes::NodesArgs),
 }
 
 /// Writes a completion script to stdout; an error (a closed pipe) is a failure, not a panic.
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
     let ending = match cli.tool {
         Some(Tool::Completions { shell }) => print_completions(shell),
         Some(Tool::Bench(args)) => return bench::main(*args),
+        Some(Tool::Nodes(args)) => nodes::main(&args),
         None => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

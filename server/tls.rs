@@ -60,9 +60,12 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
-        .with_single_cert(chain, private_key)
-        .map_err(|e| format!("invalid TLS certificate or key: {e}"))?;
+    let mut config = builder.with_single_cert(chain, private_key).map_err(|e| {
+        match tls_words::find_own(&e, "--tls-cert") {
+            Some(words) => words,
+            None => format!("invalid TLS certificate or key: {e}"),
+        }
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

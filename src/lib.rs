@@ -11,6 +11,7 @@ pub mod signals;
 mod tls_probe;
 pub mod tls_words;
 pub mod units;
+pub mod wrong_port;
 
 /// Generated gRPC types and stubs for `rexec.v1`.
 pub mod proto {

@@ -342,7 +342,7 @@ fn unknown_flags_are_refused_before_anything_runs() {
     let marker = common::unique_marker("flag");
     for args in [
         vec!["--tiemout", "5s", "--", "echo", &marker],
-        vec!["-x", "echo", &marker],
+        vec!["-z", "echo", &marker],
         vec!["--verbose", "echo", &marker],
     ] {
         let (code, out, err) = run(daemon.rexec().args(&args));

@@ -53,7 +53,7 @@ thread_local! {
 /// Runs `work`, turning a panic into `None` without the panic message: the
 /// crate's panics on odd names are a reason to fall back, not a crash. Other
 /// threads' panics are still reported by the previous hook.
-fn quietly<T>(work: impl FnOnce() -> T) -> Option<T> {
+pub fn quietly<T>(work: impl FnOnce() -> T) -> Option<T> {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();

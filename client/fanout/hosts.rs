@@ -1,7 +1,5 @@
-//! The host list: `-H` values and `--hosts-file` lines, each kept as the user
-//! wrote it (that is the prefix) beside the address to dial.
-
-use std::path::Path;
+//! One host of the fleet, kept as the user wrote it (that is the prefix)
+//! beside the address to dial; `targets.rs` says which hosts there are.
 
 /// One host of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,27 +26,16 @@ impl Host {
     }
 }
 
-/// Hosts from a file: one `host[:port]` or URL per line; `#` starts a comment;
-/// blank lines are skipped. Errors name the file (and the line).
-pub fn read_hosts_file(path: &Path) -> Result<Vec<Host>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read hosts file {}: {e}", path.display()))?;
-    parse_hosts_text(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn parse_hosts_text(text: &str) -> Result<Vec<Host>, String> {
-    let mut hosts = Vec::new();
-    for (number, line) in text.lines().enumerate() {
+/// The lines of a hosts file that say something, numbered from 1: `#`
+/// starts a comment, blank lines are skipped.
+pub fn meaningful_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().filter_map(|(number, line)| {
         let line = line
             .split_once('#')
             .map_or(line, |(before, _)| before)
             .trim();
-        if line.is_empty() {
-            continue;
-        }
-        hosts.push(Host::parse(line).map_err(|e| format!("line {}: {e}", number + 1))?);
-    }
-    Ok(hosts)
+        (!line.is_empty()).then_some((number + 1, line))
+    })
 }
 
 /// Keeps the first of hosts that dial the same address (`web1` and
@@ -87,14 +74,8 @@ mod tests {
     #[test]
     fn hosts_file_skips_comments_and_blank_lines() {
         let text = "# fleet\n\nweb1\n  web2:7   # second\n\t\nhttp://web3\n";
-        let names: Vec<_> = parse_hosts_text(text)
-            .unwrap()
-            .into_iter()
-            .map(|h| h.name)
-            .collect();
-        assert_eq!(names, ["web1", "web2:7", "http://web3"]);
-        let error = parse_hosts_text("web1\nweb 2\n").unwrap_err();
-        assert!(error.starts_with("line 2:"), "{error}");
+        let lines: Vec<_> = meaningful_lines(text).collect();
+        assert_eq!(lines, [(3, "web1"), (4, "web2:7"), (6, "http://web3")]);
     }
 
     #[test]

@@ -49,20 +49,9 @@ pub(super) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     if let Some(words) = crate::tls_words::find(error, Side::Client) {
         return format!("TLS: {words}");
     }
-    let mut current = error;
-    while let Some(next) = current.source() {
-        current = next;
-    }
+    let current = innermost(error);
     if let Some(io) = current.downcast_ref::<std::io::Error>() {
-        use std::io::ErrorKind::*;
-        let text = match io.kind() {
-            ConnectionRefused => "connection refused",
-            TimedOut => "timed out",
-            HostUnreachable => "host unreachable",
-            NetworkUnreachable => "network unreachable",
-            _ => return io.to_string(),
-        };
-        return text.to_string();
+        return describe_io(io);
     }
     let text = current.to_string();
     if text.contains("timed out") {
@@ -70,6 +59,61 @@ pub(super) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     } else {
         text
     }
+}
+
+/// Whether a failed connection got as far as something answering on the
+/// port; only then is it worth asking the port what it is.
+pub(super) fn reached_port(error: &(dyn std::error::Error + 'static)) -> bool {
+    let current = innermost(error);
+    if let Some(io) = current.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind::*;
+        if matches!(
+            io.kind(),
+            ConnectionRefused | TimedOut | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+        ) {
+            return false;
+        }
+    }
+    !current.to_string().contains("timed out")
+}
+
+fn innermost<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current
+}
+
+/// An I/O error of a connection in a person's words: "connection refused".
+pub fn describe_io(error: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    let text = match error.kind() {
+        ConnectionRefused => "connection refused",
+        ConnectionReset => "connection reset",
+        TimedOut => "timed out",
+        HostUnreachable => "host unreachable",
+        NetworkUnreachable => "network unreachable",
+        _ => return error.to_string(),
+    };
+    text.to_string()
+}
+
+/// An HTTP answer without gRPC in it (a web server or proxy on the port),
+/// which tonic reports as "grpc-status header missing, mapped from HTTP
+/// status code 404", as a connection failure.
+pub(super) fn not_grpc(addr: &str, status: &tonic::Status) -> Option<Error> {
+    let (_, code) = status
+        .message()
+        .split_once("grpc-status header missing, mapped from HTTP status code ")?;
+    Some(Error::Connect {
+        addr: addr.to_string(),
+        reason: format!(
+            "the port answered HTTP {code} without gRPC: an HTTP server or proxy, not rexecd"
+        ),
+    })
 }
 
 /// A status as one line: "not found: program not found: foo".

@@ -19,6 +19,8 @@ pub enum Event {
 pub struct Events {
     pub(super) stream: tonic::Streaming<proto::ExecResponse>,
     pub(super) exited: bool,
+    /// The server's address, for an answer that turns out not to be gRPC.
+    pub(super) addr: std::sync::Arc<str>,
 }
 
 impl Events {
@@ -26,7 +28,10 @@ impl Events {
     /// exit is an error, so a caller never mistakes a lost connection for success.
     pub async fn next(&mut self) -> Result<Option<Event>, Error> {
         loop {
-            let Some(message) = self.stream.message().await? else {
+            let message = self.stream.message().await.map_err(|status| {
+                super::error::not_grpc(&self.addr, &status).unwrap_or(Error::Status(status))
+            })?;
+            let Some(message) = message else {
                 return if self.exited {
                     Ok(None)
                 } else {

@@ -22,19 +22,22 @@ mod events;
 mod options;
 mod status;
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 pub use command::Command;
-pub use error::{Error, describe_status};
+pub use error::{Error, describe_io, describe_status};
 pub use events::{Event, Events, Output, SessionInput};
 pub use options::ClientOptions;
 pub use status::ExitStatus;
 
 use crate::proto::{self, remote_exec_client::RemoteExecClient, session_request};
 use crate::tls_probe::TlsProbe;
+use crate::wrong_port::{self, Tried};
 
 /// HTTP/2 frame size the client advertises. The receiver's setting governs a
 /// download, and 1 MiB frames cut per-frame work on big outputs.
@@ -49,7 +52,12 @@ pub struct Client {
     /// `Bearer TOKEN`, marked sensitive so it is never logged.
     authorization: Option<MetadataValue<Ascii>>,
     /// For TLS with a given CA: finds out why the server dropped a call.
-    tls_probe: Option<std::sync::Arc<TlsProbe>>,
+    tls_probe: Option<Arc<TlsProbe>>,
+    /// The address as given (with its port), for messages.
+    addr: Arc<str>,
+    /// `host:port` dialed, for the wrong-port probe.
+    authority: Arc<str>,
+    tried: Tried,
 }
 
 impl Client {
@@ -97,32 +105,30 @@ impl Client {
             endpoint = endpoint
                 .tls_config(options::tls_config(options))
                 .map_err(|e| {
-                    connect_error(format!("TLS setup failed: {}", error::root_cause(&e)))
+                    // Loading our own --cert is the only way this fails on a certificate.
+                    let reason = crate::tls_words::find_own(&e, "--cert")
+                        .unwrap_or_else(|| error::root_cause(&e));
+                    connect_error(format!("TLS setup failed: {reason}"))
                 })?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| connect_error(error::root_cause(&e)))?;
+        let authority: Arc<str> = authority_of(&uri).into();
+        let tried = if tls { Tried::GrpcTls } else { Tried::Grpc };
+        let channel = match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => return Err(diagnose(addr, &authority, tried, &e).await),
+        };
         let tls_probe = match (&options.ca_pem, tls) {
             (Some(ca_pem), true) => {
-                let authority = uri
-                    .split_once("://")
-                    .map_or(uri.as_str(), |(_, rest)| rest)
-                    .split('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
                 let host = authority
                     .rsplit_once(':')
-                    .map_or(authority.as_str(), |(host, _)| host);
+                    .map_or(&*authority, |(host, _)| host);
                 let server_name = options.tls_server_name.clone().unwrap_or_else(|| {
                     host.trim_start_matches('[')
                         .trim_end_matches(']')
                         .to_string()
                 });
-                Some(std::sync::Arc::new(TlsProbe {
-                    authority,
+                Some(Arc::new(TlsProbe {
+                    authority: authority.to_string(),
                     server_name,
                     ca_pem: ca_pem.clone(),
                     identity_pem: options.identity_pem.clone(),
@@ -134,21 +140,30 @@ impl Client {
             inner: RemoteExecClient::new(channel),
             authorization,
             tls_probe,
+            addr: addr.as_str().into(),
+            authority,
+            tried,
         })
     }
 
-    /// A failed call; over TLS, a transport failure is looked into.
+    /// A failed call. A transport failure on the first call means the port
+    /// did not speak what we spoke: ask the TLS handshake, then the port, why.
     async fn failed(&self, status: tonic::Status) -> Error {
+        if let Some(error) = error::not_grpc(&self.addr, &status) {
+            return error;
+        }
+        if std::error::Error::source(&status).is_none() {
+            return Error::Status(status);
+        }
         if let Some(probe) = &self.tls_probe
-            && std::error::Error::source(&status).is_some()
             && let Some(words) = probe.run().await
         {
             return Error::Connect {
-                addr: probe.authority.clone(),
+                addr: self.addr.to_string(),
                 reason: format!("TLS: {words}"),
             };
         }
-        Error::Status(status)
+        diagnose(&self.addr, &self.authority, self.tried, &status).await
     }
 
     /// A request carrying the credentials, if any.
@@ -172,6 +187,7 @@ impl Client {
         Ok(Events {
             stream,
             exited: false,
+            addr: self.addr.clone(),
         })
     }
 
@@ -218,7 +234,60 @@ impl Client {
             Events {
                 stream,
                 exited: false,
+                addr: self.addr.clone(),
             },
         ))
+    }
+}
+
+/// `host:port` of an endpoint URI: what a probe connection dials.
+fn authority_of(uri: &str) -> String {
+    uri.split_once("://")
+        .map_or(uri, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A connection failure in words: what the port turned out to be when a
+/// probe can tell, else the innermost cause.
+async fn diagnose(
+    addr: &str,
+    authority: &str,
+    tried: Tried,
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) -> Error {
+    let advice = if error::reached_port(error) {
+        wrong_port::probe(authority)
+            .await
+            .and_then(|kind| wrong_port::advice(authority, tried, kind))
+    } else {
+        None
+    };
+    Error::Connect {
+        addr: addr.to_string(),
+        reason: advice.unwrap_or_else(|| error::root_cause(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_answer_is_not_grpc() {
+        let status = tonic::Status::unimplemented(
+            "grpc-status header missing, mapped from HTTP status code 404",
+        );
+        let words = error::not_grpc("h:1", &status).map(|e| e.to_string());
+        let words = words.unwrap_or_default();
+        assert!(
+            words.contains("cannot connect to h:1: the port answered HTTP 404"),
+            "{words}"
+        );
+        let other = tonic::Status::unimplemented("no such method");
+        assert!(error::not_grpc("h:1", &other).is_none());
+        assert_eq!(authority_of("https://[::1]:7/x"), "[::1]:7");
     }
 }
