@@ -7,11 +7,21 @@
 #   bench/fanout.sh                 # 100 hosts, 10 runs
 #   HOSTS=10 RUNS=20 bench/fanout.sh
 #   PARALLEL=100 bench/fanout.sh    # extra flags for rexec: --parallel 100
+#   WIDE=1 HOSTS=1000 bench/fanout.sh
+#                                   # rexecd on 127.0.[2-5].[1-250]:PORT (one port,
+#                                   # PORT=50051 unless set), named with
+#                                   # `-w 127.0.[2-5].[1-250]:PORT`, as a fleet is
 set -euo pipefail
 
 HOSTS=${HOSTS:-100}
 RUNS=${RUNS:-10}
 PARALLEL=${PARALLEL:-}
+WIDE=${WIDE:-}
+PORT=${PORT:-50051}
+if [[ -n "$WIDE" ]] && ((HOSTS > 1000)); then
+    echo "fanout.sh: WIDE covers 127.0.[2-5].[1-250], at most 1000 hosts" >&2
+    exit 2
+fi
 cd "$(dirname "$0")/.."
 if [[ -z "${REXEC_BIN_DIR:-}" ]]; then
     cargo build --release --quiet --bin rexec --bin rexecd
@@ -29,8 +39,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Host i of a WIDE fleet: 127.0.(2 + i/250).(1 + i%250).
+wide_ip() { echo "127.0.$((2 + $1 / 250)).$((1 + $1 % 250))"; }
 for ((i = 0; i < HOSTS; i++)); do
-    "$rexecd" --listen 127.0.0.1:0 >"$work/ready.$i" 2>/dev/null &
+    listen=127.0.0.1:0
+    [[ -n "$WIDE" ]] && listen="$(wide_ip "$i"):$PORT"
+    "$rexecd" --listen "$listen" >"$work/ready.$i" 2>/dev/null &
     pids+=($!)
 done
 args=()
@@ -48,8 +62,21 @@ for ((i = 0; i < HOSTS; i++)); do
     addr=${line#listening grpc=}
     addr=${addr%% *}
     addrs+=("$addr")
-    args+=(-H "$addr")
+    [[ -z "$WIDE" ]] && args+=(-H "$addr")
 done
+if [[ -n "$WIDE" ]]; then
+    last=$((HOSTS - 1))
+    # Whole /24s as one range each, the last one partial: 127.0.[2-4].[1-250],127.0.5.[1-N].
+    set_text=""
+    full=$((HOSTS / 250))
+    ((full > 0)) && set_text="127.0.[2-$((1 + full))].[1-250]:$PORT"
+    if ((HOSTS % 250)); then
+        [[ -n "$set_text" ]] && set_text+=","
+        set_text+="127.0.$((2 + last / 250)).[1-$((1 + last % 250))]:$PORT"
+    fi
+    args+=(-w "$set_text")
+    echo "fanout.sh: -w $set_text ($("$rexec" nodes -c "$set_text") hosts)" >&2
+fi
 [[ -n "$PARALLEL" ]] && args+=(--parallel "$PARALLEL")
 
 name=$(hostname)

@@ -3,8 +3,11 @@
 //! host only the user who started it, and whoever that user gives the file
 //! to, can run commands; clients send it by themselves to loopback addresses.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Overrides where the local token lives, for rexecd and every client alike.
 pub const PATH_ENV: &str = "REXEC_LOCAL_TOKEN_FILE";
@@ -68,13 +71,34 @@ fn host_and_port(addr: &str) -> Option<(&str, Option<&str>)> {
     })
 }
 
-/// Whether every TCP socket listening on `port` belongs to this user, from
-/// /proc/net/tcp and tcp6 (Linux); false when none is found.
+/// How long one look at the listening sockets serves: a fan-out to 1,000
+/// loopback hosts would otherwise read /proc/net/tcp 1,000 times, and the
+/// kernel makes each read by walking every socket (19 s of system time for
+/// 1,000 hosts, BENCHMARKS.md).
+const LISTENERS_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// Whether every TCP socket listening on `port` belongs to this user (false
+/// when none is found), from a look at most [`LISTENERS_FRESH_FOR`] old.
 fn listener_is_mine(port: u16) -> bool {
+    static SEEN: Mutex<Option<(Instant, HashMap<u16, bool>)>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let fresh = seen
+        .as_ref()
+        .is_some_and(|(at, _)| at.elapsed() < LISTENERS_FRESH_FOR);
+    if !fresh {
+        *seen = Some((Instant::now(), listeners()));
+    }
+    seen.as_ref()
+        .and_then(|(_, ports)| ports.get(&port).copied())
+        .unwrap_or(false)
+}
+
+/// Every listening TCP port, and whether all its sockets belong to this
+/// user, from /proc/net/tcp and tcp6 (Linux).
+fn listeners() -> HashMap<u16, bool> {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    let wanted = format!("{port:04X}");
-    let mut found = false;
+    let mut ports = HashMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
@@ -87,16 +111,21 @@ fn listener_is_mine(port: u16) -> bool {
             else {
                 continue;
             };
-            if *state != "0A" || local.rsplit(':').next() != Some(wanted.as_str()) {
+            if *state != "0A" {
                 continue;
             }
-            if uid.parse::<libc::uid_t>().ok() != Some(me) {
-                return false;
-            }
-            found = true;
+            let Some(port) = local
+                .rsplit(':')
+                .next()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+            else {
+                continue;
+            };
+            let mine = uid.parse::<libc::uid_t>().ok() == Some(me);
+            *ports.entry(port).or_insert(true) &= mine;
         }
     }
-    found
+    ports
 }
 
 #[cfg(test)]
@@ -132,8 +161,8 @@ mod tests {
     fn a_listener_of_this_user_is_recognised() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert!(listener_is_mine(port));
+        assert_eq!(listeners().get(&port), Some(&true));
         drop(listener);
-        assert!(!listener_is_mine(port));
+        assert_eq!(listeners().get(&port), None);
     }
 }
