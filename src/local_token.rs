@@ -78,19 +78,22 @@ fn host_and_port(addr: &str) -> Option<(&str, Option<&str>)> {
 const LISTENERS_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// Whether every TCP socket listening on `port` belongs to this user (false
-/// when none is found), from a look at most [`LISTENERS_FRESH_FOR`] old.
+/// when none is found). A yes from a look at most [`LISTENERS_FRESH_FOR`]
+/// old is taken; anything else is looked up afresh, so a server started a
+/// moment ago (or a port that changed hands to us) is seen at once.
 fn listener_is_mine(port: u16) -> bool {
     static SEEN: Mutex<Option<(Instant, HashMap<u16, bool>)>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let fresh = seen
-        .as_ref()
-        .is_some_and(|(at, _)| at.elapsed() < LISTENERS_FRESH_FOR);
-    if !fresh {
-        *seen = Some((Instant::now(), listeners()));
+    let cached_yes = seen.as_ref().is_some_and(|(at, ports)| {
+        at.elapsed() < LISTENERS_FRESH_FOR && ports.get(&port) == Some(&true)
+    });
+    if cached_yes {
+        return true;
     }
-    seen.as_ref()
-        .and_then(|(_, ports)| ports.get(&port).copied())
-        .unwrap_or(false)
+    let ports = listeners();
+    let mine = ports.get(&port) == Some(&true);
+    *seen = Some((Instant::now(), ports));
+    mine
 }
 
 /// Every listening TCP port, and whether all its sockets belong to this
