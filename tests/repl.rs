@@ -10,6 +10,20 @@ use common::{Daemon, eventually, output_within, processes_matching, scratch_dir,
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// Whether a process with `needle` in its command line shows up within 10 s.
+fn started(needle: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        !processes_matching(needle).is_empty()
+    })
+}
+
+/// Whether every process with `needle` in its command line is gone within 10 s.
+fn gone(needle: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        processes_matching(needle).is_empty()
+    })
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -142,17 +156,11 @@ async fn ctrl_c_stops_the_command_and_the_repl_goes_on() {
     let mut terminal = Terminal::spawn(&daemon, &[], 24, 80);
     terminal.expect("rexec> ").await;
     terminal.type_text(&format!("{sleep}\r")).await;
-    assert!(eventually(Duration::from_secs(10), || !processes_matching(
-        &needle
-    )
-    .is_empty()));
+    assert!(started(&needle));
     terminal.type_text("\x03").await;
     terminal.expect("[killed by signal INT]").await;
     terminal.expect("rexec> ").await;
-    assert!(eventually(Duration::from_secs(10), || processes_matching(
-        &needle
-    )
-    .is_empty()));
+    assert!(gone(&needle));
     terminal.type_text("echo still-$((20+22))\r").await;
     terminal.expect("still-42").await;
     // At the prompt, Ctrl-C drops the line typed so far, as shells do.
@@ -173,10 +181,7 @@ async fn a_second_ctrl_c_cancels_a_command_that_ignores_int() {
     let mut terminal = Terminal::spawn(&daemon, &[], 24, 80);
     terminal.expect("rexec> ").await;
     terminal.type_text(&format!("trap '' INT; {sleep}\r")).await;
-    assert!(eventually(Duration::from_secs(10), || !processes_matching(
-        &needle
-    )
-    .is_empty()));
+    assert!(started(&needle));
     terminal.type_text("\x03").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!processes_matching(&needle).is_empty(), "INT is ignored");
@@ -186,8 +191,7 @@ async fn a_second_ctrl_c_cancels_a_command_that_ignores_int() {
         .await;
     terminal.expect("rexec> ").await;
     assert!(
-        eventually(Duration::from_secs(10), || processes_matching(&needle)
-            .is_empty()),
+        gone(&needle),
         "the server killed the cancelled command: {}",
         daemon.log_text()
     );
@@ -204,19 +208,13 @@ async fn ctrl_c_in_a_legacy_repl_cancels_the_line() {
     let mut terminal = Terminal::spawn_at(&legacy, &["--legacy"], 24, 80);
     terminal.expect("rexec> ").await;
     terminal.type_text(&format!("{sleep}\r")).await;
-    assert!(eventually(Duration::from_secs(10), || !processes_matching(
-        &needle
-    )
-    .is_empty()));
+    assert!(started(&needle));
     terminal.type_text("\x03").await;
     terminal
         .expect("interrupted; remote command cancelled")
         .await;
     terminal.expect("rexec> ").await;
-    assert!(eventually(Duration::from_secs(10), || processes_matching(
-        &needle
-    )
-    .is_empty()));
+    assert!(gone(&needle));
     // The next line goes over a new connection.
     terminal.type_text("echo legacy-$((1+1))\r").await;
     terminal.expect("legacy-2").await;
