@@ -18,6 +18,7 @@ mod service;
 mod shutdown;
 mod tls;
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -168,13 +169,23 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     legacy_listen: Option<SocketAddr>,
 
-    /// Serve the legacy protocol on a non-loopback address. It has no
-    /// authentication: anyone who can reach the port can run commands.
+    /// Also serve one of the tutorial's earlier protocols on ADDR (repeatable):
+    /// raw (the body, no framing), length-ready (the length in ASCII, the body
+    /// after the client's "recv_ready"), fixed-header (a JSON header padded to
+    /// 100 bytes, then the body), udp (one datagram in, one out, cut at the
+    /// datagram limit). The readiness line adds "legacy-DIALECT=ADDR" for each.
+    #[arg(long, value_name = "DIALECT=ADDR")]
+    legacy_compat: Vec<legacy::CompatListen>,
+
+    /// Serve the legacy protocols on a non-loopback address. They have no
+    /// authentication: anyone who can reach the port can run commands (and,
+    /// for udp, have the answer sent to any address they forge as the source).
     #[arg(long)]
     legacy_allow_remote: bool,
 
-    /// Serve --legacy-listen beside --tokens-file or mTLS, acknowledging that
-    /// the legacy listener lets anyone who reaches it in without a credential.
+    /// Serve --legacy-listen and --legacy-compat beside --tokens-file, mTLS or
+    /// the local token, acknowledging that the legacy listeners let anyone who
+    /// reaches them in without a credential.
     #[arg(long)]
     legacy_allow_anonymous: bool,
 
@@ -335,21 +346,21 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         "memory budget for what clients send and legacy answers"
     );
     let memory = memory::MemoryBudget::new(memory_budget);
+    let legacy_config = legacy::LegacyConfig {
+        max_output_bytes: args.legacy_max_output,
+        first_request_timeout: (!args.legacy_first_request_timeout.is_zero())
+            .then_some(args.legacy_first_request_timeout),
+        idle_timeout: (!args.legacy_idle_timeout.is_zero()).then_some(args.legacy_idle_timeout),
+        max_connections: args.legacy_max_connections as usize,
+    };
     let legacy = match args.legacy_listen {
         Some(addr) => {
-            let config = legacy::LegacyConfig {
-                max_output_bytes: args.legacy_max_output,
-                first_request_timeout: (!args.legacy_first_request_timeout.is_zero())
-                    .then_some(args.legacy_first_request_timeout),
-                idle_timeout: (!args.legacy_idle_timeout.is_zero())
-                    .then_some(args.legacy_idle_timeout),
-                max_connections: args.legacy_max_connections as usize,
-            };
             let listener = legacy::Listener::bind(
                 addr,
+                legacy::Framing::Prefixed,
                 runner.clone(),
                 shutdown.clone(),
-                config,
+                legacy_config.clone(),
                 memory.clone(),
             )
             .await
@@ -358,6 +369,24 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         }
         None => None,
     };
+    let mut compat = Vec::new();
+    for &listen in &args.legacy_compat {
+        let listener = legacy::Compat::bind(
+            listen,
+            runner.clone(),
+            shutdown.clone(),
+            legacy_config.clone(),
+            memory.clone(),
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} (legacy {}): {e}",
+                listen.addr, listen.dialect
+            )
+        })?;
+        compat.push((listen.dialect, listener));
+    }
     // Credentials are checked from the headers, before a request body is read.
     let authenticator =
         Authenticator::new(security.credentials, audit.clone(), connections.clone());
@@ -410,19 +439,27 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         }
     };
 
-    let mut stdout = std::io::stdout().lock();
-    match &legacy {
-        Some(listener) => writeln!(
-            stdout,
-            "listening grpc={grpc_addr} legacy={}",
-            listener.local_addr()?
-        )?,
-        None => writeln!(stdout, "listening grpc={grpc_addr}")?,
+    let mut ready = format!("listening grpc={grpc_addr}");
+    if let Some(listener) = &legacy {
+        write!(ready, " legacy={}", listener.local_addr()?)?;
     }
+    for (dialect, listener) in &compat {
+        write!(ready, " legacy-{dialect}={}", listener.local_addr()?)?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{ready}")?;
     stdout.flush()?;
     drop(stdout);
     tracing::info!(%grpc_addr, "rexecd ready");
-    let legacy = legacy.map(|listener| tokio::spawn(listener.run()));
+    let mut legacy_tasks: Vec<_> = legacy
+        .map(|listener| tokio::spawn(listener.run()))
+        .into_iter()
+        .collect();
+    legacy_tasks.extend(
+        compat
+            .into_iter()
+            .map(|(_, listener)| tokio::spawn(listener.run())),
+    );
 
     let router = Server::builder()
         .add_service(Tracked::new(health_service, &connections))
@@ -449,15 +486,20 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         served = server => served?,
         () = connections_deadline => tracing::warn!("closing connections still open after shutdown"),
     }
-    if let Some(legacy) = legacy {
+    if !legacy_tasks.is_empty() {
         // Legacy connections end once their current exec has answered; one whose
         // client does not read the answer gets the same deadline as gRPC's.
         let deadline = async {
             shutdown.killing().await;
             tokio::time::sleep(args.kill_grace + Duration::from_secs(1)).await;
         };
+        let all_done = async {
+            for task in legacy_tasks {
+                let _ = task.await;
+            }
+        };
         tokio::select! {
-            _ = legacy => {}
+            () = all_done => {}
             () = deadline => tracing::warn!("closing legacy connections still open after shutdown"),
         }
     }

@@ -35,11 +35,11 @@ impl Security {
                 args.listen
             ));
         }
-        if let Some(addr) = args.legacy_listen {
+        for (name, addr) in legacy_doors(args) {
             if !addr.ip().is_loopback() && !args.legacy_allow_remote {
                 return Err(format!(
-                    "refusing the legacy listener on non-loopback {addr}: the legacy protocol \
-                     has no authentication; listen on 127.0.0.1, or pass --legacy-allow-remote"
+                    "refusing the {name} listener on non-loopback {addr}: the legacy protocols \
+                     have no authentication; listen on 127.0.0.1, or pass --legacy-allow-remote"
                 ));
             }
             // The local token is authentication too: without the flag, a default
@@ -51,8 +51,8 @@ impl Security {
                     "the local token gRPC requires"
                 };
                 return Err(format!(
-                    "refusing the legacy listener on {addr} beside {auth}: the legacy protocol \
-                     has none, so every local user (and anyone who reaches it) could run \
+                    "refusing the {name} listener on {addr} beside {auth}: the legacy protocols \
+                     have none, so every local user (and anyone who reaches it) could run \
                      commands as this user; pass --legacy-allow-anonymous to serve it anyway"
                 ));
             }
@@ -129,22 +129,37 @@ impl Security {
                     .into(),
             );
         }
-        if let Some(addr) = args.legacy_listen {
+        for (name, addr) in legacy_doors(args) {
             if args.legacy_allow_remote && !addr.ip().is_loopback() {
+                let spoofing = if name == "legacy-udp" {
+                    ", and its answers go to whatever source address a datagram claims"
+                } else {
+                    ""
+                };
                 warn(format!(
-                    "--legacy-allow-remote: the legacy listener on {addr} has no authentication: \
-                     anyone who can reach it can run commands as this user"
+                    "--legacy-allow-remote: the {name} listener on {addr} has no authentication: \
+                     anyone who can reach it can run commands as this user{spoofing}"
                 ));
             }
             if args.legacy_allow_anonymous {
                 warn(format!(
-                    "--legacy-allow-anonymous: the legacy listener on {addr} has no \
+                    "--legacy-allow-anonymous: the {name} listener on {addr} has no \
                      authentication: every local user can run commands as this user through it, \
                      whatever gRPC requires"
                 ));
             }
         }
     }
+}
+
+/// Every legacy listener the flags ask for, named as in audit lines.
+fn legacy_doors(args: &Args) -> impl Iterator<Item = (&'static str, std::net::SocketAddr)> + '_ {
+    let prefixed = args.legacy_listen.map(|addr| ("legacy", addr));
+    let compat = args
+        .legacy_compat
+        .iter()
+        .map(|listen| (listen.dialect.listener(), listen.addr));
+    prefixed.into_iter().chain(compat)
 }
 
 /// The default credential: the local token of the user rexecd runs as.

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use rexec::legacy::{LegacyError, Response, ResponseHeader, encode_response_head};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
+
+use super::dialect::{self, Dialect, Framing};
 
 use crate::memory::Reservation;
 use crate::runner::types::{ExitReport, Termination};
@@ -45,22 +47,99 @@ impl Answer {
         self.header.error.is_some()
     }
 
-    /// The prefix and header, then the body's chunks, stdout first.
-    pub fn into_segments(self) -> Result<VecDeque<Bytes>, LegacyError> {
-        let stdout_len: usize = self.stdout.iter().map(Bytes::len).sum();
-        let stderr_len: usize = self.stderr.iter().map(Bytes::len).sum();
+    /// The bytes of the answer in `framing`, the body's chunks stdout first.
+    /// A refusal in a dialect without a header becomes the body's text.
+    pub fn into_wire(self, framing: Framing) -> Result<Wire, LegacyError> {
+        let (stdout, stderr) = match (&self.header.error, framing) {
+            (Some(message), Framing::Compat(_)) => (vec![dialect::error_text(message)], vec![]),
+            _ => (self.stdout, self.stderr),
+        };
+        let stdout_len: usize = stdout.iter().map(Bytes::len).sum();
+        let stderr_len: usize = stderr.iter().map(Bytes::len).sum();
+        let body = stdout.into_iter().chain(stderr);
         let mut head = BytesMut::new();
-        encode_response_head(self.header, stdout_len, stderr_len, &mut head)?;
-        let body = self.stdout.into_iter().chain(self.stderr);
-        if head.len() + stdout_len + stderr_len <= SMALL_ANSWER {
-            for chunk in body {
-                head.extend_from_slice(&chunk);
+        match framing {
+            Framing::Prefixed => {
+                encode_response_head(self.header, stdout_len, stderr_len, &mut head)?;
             }
-            return Ok(VecDeque::from([head.freeze()]));
+            Framing::Compat(Dialect::FixedHeader) => {
+                head.extend_from_slice(&dialect::fixed_header(stdout_len + stderr_len));
+            }
+            Framing::Compat(Dialect::LengthReady) => {
+                let length = dialect::ascii_length(stdout_len + stderr_len);
+                return Ok(Wire {
+                    first: VecDeque::from([length]),
+                    after_ready: Some(coalesce(BytesMut::new(), body)),
+                });
+            }
+            Framing::Compat(Dialect::Raw | Dialect::Udp) => {}
         }
-        let mut segments = VecDeque::from([head.freeze()]);
-        segments.extend(body.filter(|chunk| !chunk.is_empty()));
-        Ok(segments)
+        Ok(Wire {
+            first: coalesce(head, body),
+            after_ready: None,
+        })
+    }
+}
+
+/// An answer as it goes out.
+pub struct Wire {
+    /// Written first.
+    pub first: VecDeque<Bytes>,
+    /// `length-ready`: the body, written once the client has sent `recv_ready`.
+    pub after_ready: Option<VecDeque<Bytes>>,
+}
+
+/// The head and the body's chunks, in one buffer when small (one write, one
+/// packet), else as they are; empty chunks are left out.
+fn coalesce(mut head: BytesMut, body: impl Iterator<Item = Bytes> + Clone) -> VecDeque<Bytes> {
+    let body_len: usize = body.clone().map(|chunk| chunk.len()).sum();
+    if head.len() + body_len <= SMALL_ANSWER {
+        for chunk in body {
+            head.extend_from_slice(&chunk);
+        }
+        return if head.is_empty() {
+            VecDeque::new()
+        } else {
+            VecDeque::from([head.freeze()])
+        };
+    }
+    let mut segments = VecDeque::from([head.freeze()]);
+    segments.extend(body.filter(|chunk| !chunk.is_empty()));
+    segments.retain(|segment| !segment.is_empty());
+    segments
+}
+
+/// Waits for the `length-ready` client's `recv_ready`, taking bytes already
+/// read (`buffered`) first; what follows it stays in `buffered`. Anything
+/// else, EOF, or no byte for `idle` is an error saying which.
+pub async fn await_ready<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buffered: &mut BytesMut,
+    idle: Option<Duration>,
+) -> std::io::Result<()> {
+    loop {
+        let seen = buffered.len().min(dialect::READY.len());
+        if buffered[..seen] != dialect::READY[..seen] {
+            let got = String::from_utf8_lossy(&buffered[..seen]).into_owned();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("expected recv_ready before the body, got {got:?}"),
+            ));
+        }
+        if seen == dialect::READY.len() {
+            buffered.advance(seen);
+            return Ok(());
+        }
+        let read = reader.read_buf(buffered);
+        let read = match idle {
+            Some(idle) => tokio::time::timeout(idle, read)
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??,
+            None => read.await?,
+        };
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
     }
 }
 
@@ -212,6 +291,15 @@ impl OutputBuffer {
         )
     }
 
+    /// Stdout then stderr in one buffer: a body with no header (a datagram).
+    pub fn into_body(self) -> Bytes {
+        let mut body = BytesMut::with_capacity(self.kept);
+        for chunk in self.stdout.iter().chain(&self.stderr) {
+            body.extend_from_slice(chunk);
+        }
+        body.freeze()
+    }
+
     fn into_answer(self, mut header: ResponseHeader, exec_id: &str) -> Answer {
         header.truncated = Some(self.discarded > 0 || header.truncated == Some(true));
         header.exec_id = Some(exec_id.to_string());
@@ -263,6 +351,53 @@ mod tests {
         assert_eq!(response.header.signal.as_deref(), Some("TERM"));
     }
 
+    fn joined(segments: &VecDeque<Bytes>) -> Vec<u8> {
+        segments.iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    fn out_err() -> Answer {
+        Answer::from(Response {
+            header: ResponseHeader::default(),
+            stdout: Bytes::from_static(b"out\n"),
+            stderr: Bytes::from_static(b"err\n"),
+        })
+    }
+
+    #[test]
+    fn each_dialect_frames_stdout_then_stderr_its_own_way() {
+        let raw = out_err().into_wire(Framing::Compat(Dialect::Raw)).unwrap();
+        assert_eq!(joined(&raw.first), b"out\nerr\n");
+        assert!(raw.after_ready.is_none());
+
+        let ready = out_err()
+            .into_wire(Framing::Compat(Dialect::LengthReady))
+            .unwrap();
+        assert_eq!(joined(&ready.first), b"8");
+        assert_eq!(joined(&ready.after_ready.unwrap()), b"out\nerr\n");
+
+        let fixed = out_err()
+            .into_wire(Framing::Compat(Dialect::FixedHeader))
+            .unwrap();
+        let fixed = joined(&fixed.first);
+        assert_eq!(&fixed[..100], &dialect::fixed_header(8)[..]);
+        assert_eq!(&fixed[100..], b"out\nerr\n");
+
+        // Nothing at all for an empty body in raw; a refusal is the body's text.
+        let empty = Answer::from(Response::default());
+        assert!(
+            empty
+                .into_wire(Framing::Compat(Dialect::Raw))
+                .unwrap()
+                .first
+                .is_empty()
+        );
+        let refusal = Answer::from(Response::error("busy"));
+        let wire = refusal
+            .into_wire(Framing::Compat(Dialect::FixedHeader))
+            .unwrap();
+        assert_eq!(&joined(&wire.first)[100..], b"rexecd: busy\n");
+    }
+
     /// The segments, joined, are exactly what the codec writes for the same answer.
     #[test]
     fn segments_carry_the_codec_encoding() {
@@ -293,8 +428,9 @@ mod tests {
                 stderr,
                 held: None,
             }
-            .into_segments()
-            .unwrap();
+            .into_wire(Framing::Prefixed)
+            .unwrap()
+            .first;
             assert_eq!(
                 segments.len() == 1,
                 expected.len() <= SMALL_ANSWER,

@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_stream::StreamExt;
 use tokio_util::codec::FramedRead;
 
-use super::answer::{Answer, OutputBuffer, write_segments};
+use super::answer::{Answer, OutputBuffer, await_ready, write_segments};
 use super::listener::Shared;
 use super::reader::{self, BudgetedReader};
 use crate::memory::Reservation;
@@ -226,33 +226,13 @@ impl Handler {
             stdin_held: _stdin_held,
         } = incoming;
         if request.command.trim().is_empty() {
-            return Some(Answer::from(Response {
-                header: ResponseHeader {
-                    exit_code: Some(0),
-                    timed_out: Some(false),
-                    truncated: Some(false),
-                    ..Default::default()
-                },
-                ..Default::default()
-            }));
+            return Some(empty_answer());
         }
-        let spec = ExecSpec {
-            program: Program::Shell(request.command),
-            env: Vec::new(),
-            cwd: None,
-            stdin: request.stdin.map_or(StdinMode::Empty, StdinMode::Bytes),
-            timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
-            deadline: None,
-            tty: None,
-            holds_output: true,
-            max_output: Some(OutputBuffer::runner_limit(
-                self.shared.config.max_output_bytes,
-            )),
-        };
+        let spec = exec_spec(request, self.shared.config.max_output_bytes);
         let caller = Caller {
             peer: self.peer.to_string(),
             principal: "anonymous".into(),
-            listener: "legacy",
+            listener: self.shared.framing.listener(),
         };
         let started = Instant::now();
         let mut execution = match self.shared.runner.start(spec, caller).await {
@@ -303,13 +283,14 @@ impl Handler {
         }
     }
 
-    /// Sends one answer; false if the client cannot take it.
+    /// Sends one answer; false if the client cannot take it (or, in
+    /// `length-ready`, does not ask for the body with `recv_ready`).
     async fn answer(&mut self, answer: impl Into<Answer>) -> bool {
         let mut answer = answer.into();
         // The held output is given back once it has left.
         let _held = answer.held.take();
-        let segments = match answer.into_segments() {
-            Ok(segments) => segments,
+        let wire = match answer.into_wire(self.shared.framing) {
+            Ok(wire) => wire,
             Err(e) => {
                 tracing::error!(peer = %self.peer, "legacy: cannot encode the answer: {e}");
                 return false;
@@ -317,13 +298,58 @@ impl Handler {
         };
         // A client that stops reading its answer is idle too.
         let idle = self.shared.config.idle_timeout;
-        match write_segments(&mut self.writer, segments, idle).await {
+        if let Err(e) = write_segments(&mut self.writer, wire.first, idle).await {
+            tracing::debug!(peer = %self.peer, "legacy: cannot send the answer: {e}");
+            return false;
+        }
+        let Some(body) = wire.after_ready else {
+            return true;
+        };
+        // The bytes after the request are the client's: take them out of the
+        // request reader, put back what follows `recv_ready`.
+        let mut buffered = self.requests.read_buffer_mut().split();
+        let ready = await_ready(self.requests.get_mut(), &mut buffered, idle).await;
+        self.requests.read_buffer_mut().unsplit(buffered);
+        if let Err(e) = ready {
+            tracing::info!(peer = %self.peer, listener = self.shared.framing.listener(), "legacy: closing the connection: {e}");
+            return false;
+        }
+        match write_segments(&mut self.writer, body, idle).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(peer = %self.peer, "legacy: cannot send the answer: {e}");
                 false
             }
         }
+    }
+}
+
+/// The answer to a command that is only blanks: no output, exit 0.
+pub(super) fn empty_answer() -> Answer {
+    Answer::from(Response {
+        header: ResponseHeader {
+            exit_code: Some(0),
+            timed_out: Some(false),
+            truncated: Some(false),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+/// What the runner runs for a legacy request: its text through the shell, the
+/// output held for one answer of at most `max_output_bytes`.
+pub(super) fn exec_spec(request: Request, max_output_bytes: usize) -> ExecSpec {
+    ExecSpec {
+        program: Program::Shell(request.command),
+        env: Vec::new(),
+        cwd: None,
+        stdin: request.stdin.map_or(StdinMode::Empty, StdinMode::Bytes),
+        timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
+        deadline: None,
+        tty: None,
+        holds_output: true,
+        max_output: Some(OutputBuffer::runner_limit(max_output_bytes)),
     }
 }
 

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rexec::legacy::{Response, ResponseCodec};
-use tokio::io::AsyncWriteExt;
+use rexec::legacy::Response;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_util::codec::Encoder;
 
 use super::LegacyConfig;
+use super::answer::{Answer, await_ready, write_segments};
+use super::dialect::Framing;
 use super::handler::Handler;
 use crate::memory::MemoryBudget;
 use crate::rate_limited::RateLimited;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub shutdown: Shutdown,
     pub config: LegacyConfig,
     pub memory: MemoryBudget,
+    /// `--legacy-listen`'s framing, or a `--legacy-compat` dialect's.
+    pub framing: Framing,
     /// At most one "HTTP sent to the legacy port" warning an interval, with a count.
     pub http_warnings: std::sync::Mutex<RateLimited>,
 }
@@ -42,6 +45,7 @@ pub struct Listener {
 impl Listener {
     pub async fn bind(
         addr: SocketAddr,
+        framing: Framing,
         runner: Arc<Runner>,
         shutdown: Shutdown,
         config: LegacyConfig,
@@ -56,6 +60,7 @@ impl Listener {
                 shutdown,
                 config,
                 memory,
+                framing,
                 http_warnings: std::sync::Mutex::new(RateLimited::new(1)),
             }),
         })
@@ -93,11 +98,12 @@ impl Listener {
                     tokio::spawn(handler.run(permit));
                 }
                 Err(_) => {
-                    tracing::warn!(%peer, limit = max_connections, "legacy: too many connections");
+                    let listener = self.shared.framing.listener();
+                    tracing::warn!(%peer, limit = max_connections, listener, "legacy: too many connections");
                     let message = format!(
                         "too many legacy connections (limit {max_connections}); try again later"
                     );
-                    tokio::spawn(refuse(stream, message));
+                    tokio::spawn(refuse(stream, self.shared.framing, message));
                 }
             }
         }
@@ -107,12 +113,36 @@ impl Listener {
     }
 }
 
-async fn refuse(mut stream: TcpStream, message: String) {
-    let mut answer = BytesMut::new();
-    if ResponseCodec::new()
-        .encode(Response::error(message), &mut answer)
-        .is_ok()
+/// The error answer to a connection past the limit, in the listener's framing
+/// (in `length-ready`, after the client's `recv_ready`), then close.
+async fn refuse(stream: TcpStream, framing: Framing, message: String) {
+    let Ok(wire) = Answer::from(Response::error(message)).into_wire(framing) else {
+        return;
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    let timeout = Some(REFUSAL_WRITE_TIMEOUT);
+    if wire.after_ready.is_some() {
+        // The length answers a command: take the command's bytes first, so
+        // the `recv_ready` that follows the length is not read behind them.
+        let mut request = vec![0u8; rexec::legacy::MAX_TEXT_COMMAND_BYTES];
+        match tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, reader.read(&mut request)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+    if write_segments(&mut writer, wire.first, timeout)
+        .await
+        .is_err()
     {
-        let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, stream.write_all(&answer)).await;
+        return;
+    }
+    if let Some(body) = wire.after_ready {
+        let mut buffered = BytesMut::new();
+        if await_ready(&mut reader, &mut buffered, timeout)
+            .await
+            .is_ok()
+        {
+            let _ = write_segments(&mut writer, body, timeout).await;
+        }
     }
 }

@@ -21,6 +21,9 @@ pub struct Daemon {
     pub addr: String,
     /// Legacy listener address when started with `--legacy-listen`.
     pub legacy_addr: Option<String>,
+    /// `--legacy-compat` listeners as the readiness line names them, in its
+    /// order: (`raw`, `127.0.0.1:41235`).
+    pub compat: Vec<(String, String)>,
     /// rexecd's stderr (logs and audit lines).
     pub log: PathBuf,
 }
@@ -67,10 +70,14 @@ impl Daemon {
         };
         let mut addr = None;
         let mut legacy_addr = None;
+        let mut compat = Vec::new();
         for part in rest.split(' ') {
             match part.split_once('=') {
                 Some(("grpc", a)) => addr = Some(a.to_string()),
                 Some(("legacy", a)) => legacy_addr = Some(a.to_string()),
+                Some((name, a)) if name.starts_with("legacy-") => {
+                    compat.push((name["legacy-".len()..].to_string(), a.to_string()));
+                }
                 _ => panic!("unexpected readiness line {line:?}"),
             }
         }
@@ -78,6 +85,7 @@ impl Daemon {
             child,
             addr: addr.expect("grpc address in readiness line"),
             legacy_addr,
+            compat,
             log,
         }
     }
