@@ -69,6 +69,8 @@ impl Audit {
     /// A call refused before anything ran (credentials, limits, a bad
     /// request): who asked, and why, in the status the client got.
     pub fn refused(&self, peer: &str, principal: &str, listener: &str, status: &tonic::Status) {
+        // Every refusal is audited here, so it is counted here too.
+        crate::metrics::get().rejected(crate::metrics::Rejection::of(status.code()));
         self.write(json!({
             "audit": "refused",
             "time": now(),
@@ -86,6 +88,7 @@ impl Audit {
     }
 
     pub fn exec_finished(&self, record: &AuditRecord, report: &ExitReport) {
+        crate::metrics::get().exec_finished(record.listener, report);
         let mut line = json!({
             "audit": "exec",
             "time": now(),

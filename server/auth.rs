@@ -20,12 +20,14 @@ pub const MIN_TOKEN_LEN: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Principal(pub String);
 
+#[derive(Clone)]
 struct TokenEntry {
     name: String,
     token: Vec<u8>,
 }
 
 /// The `NAME TOKEN` lines of a tokens file.
+#[derive(Clone)]
 pub struct Tokens {
     entries: Vec<TokenEntry>,
 }

@@ -10,6 +10,7 @@ mod legacy;
 mod limits;
 mod local_token;
 mod memory;
+mod metrics;
 mod rate_limited;
 mod run_as;
 mod runner;
@@ -31,6 +32,7 @@ use tonic::transport::Server;
 
 use crate::auth::Authenticator;
 use crate::connections::{ConnectionLimits, Connections, Tracked};
+use crate::metrics::Measured;
 use crate::runner::{ContainmentMode, Runner, RunnerConfig};
 use crate::security::Security;
 use crate::service::ExecService;
@@ -208,6 +210,13 @@ struct Args {
     /// Legacy connections served at once; more get an error answer and are closed.
     #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u32).range(1..))]
     legacy_max_connections: u32,
+
+    /// Serve Prometheus metrics (`GET /metrics`, text format) on this address;
+    /// off by default. The readiness line then ends with "metrics=ADDR". Off
+    /// loopback it needs --tokens-file, and scrapes then send one of its
+    /// tokens (`Authorization: Bearer TOKEN`).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 
     /// Log lines on stderr: text for people, json (one object a line) for log
     /// collectors. Audit lines are JSON either way.
@@ -387,6 +396,14 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         })?;
         compat.push((listen.dialect, listener));
     }
+    let metrics_endpoint = match args.metrics_listen {
+        Some(addr) => Some(
+            metrics::Endpoint::bind(addr, security.metrics_verifier.clone())
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (metrics): {e}"))?,
+        ),
+        None => None,
+    };
     // Credentials are checked from the headers, before a request body is read.
     let authenticator =
         Authenticator::new(security.credentials, audit.clone(), connections.clone());
@@ -446,11 +463,17 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
     for (dialect, listener) in &compat {
         write!(ready, " legacy-{dialect}={}", listener.local_addr()?)?;
     }
+    if let Some(endpoint) = &metrics_endpoint {
+        write!(ready, " metrics={}", endpoint.local_addr()?)?;
+    }
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{ready}")?;
     stdout.flush()?;
     drop(stdout);
     tracing::info!(%grpc_addr, "rexecd ready");
+    if let Some(endpoint) = metrics_endpoint {
+        tokio::spawn(endpoint.run(shutdown.clone()));
+    }
     let mut legacy_tasks: Vec<_> = legacy
         .map(|listener| tokio::spawn(listener.run()))
         .into_iter()
@@ -462,10 +485,13 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
     );
 
     let router = Server::builder()
-        .add_service(Tracked::new(health_service, &connections))
-        .add_service(Tracked::new(reflection_v1, &connections))
-        .add_service(Tracked::new(reflection_v1alpha, &connections))
-        .add_service(exec_service);
+        .add_service(Measured::new(Tracked::new(health_service, &connections)))
+        .add_service(Measured::new(Tracked::new(reflection_v1, &connections)))
+        .add_service(Measured::new(Tracked::new(
+            reflection_v1alpha,
+            &connections,
+        )))
+        .add_service(Measured::new(exec_service));
     let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>>>> =
         match security.tls {
             Some(config) => {

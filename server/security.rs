@@ -22,6 +22,8 @@ pub struct Security {
     pub audit: Audit,
     pub run_as: Option<RunAs>,
     pub containment: Containment,
+    /// `--metrics-listen` beside `--tokens-file`: scrapes must send one of its tokens.
+    pub metrics_verifier: Option<crate::metrics::Verifier>,
 }
 
 impl Security {
@@ -70,6 +72,7 @@ impl Security {
             }
             None => None,
         };
+        let metrics_verifier = metrics_verifier(args, tokens.as_ref())?;
         let local = tokens.is_none() && args.tls_client_ca.is_none() && !args.insecure_no_auth;
         let tokens = if local {
             Some(local_credential(args)?)
@@ -103,6 +106,7 @@ impl Security {
             audit,
             run_as,
             containment,
+            metrics_verifier,
         };
         security.warn_about_choices(args);
         Ok(security)
@@ -149,6 +153,31 @@ impl Security {
                 ));
             }
         }
+    }
+}
+
+/// Metrics are served to anyone on loopback (no command, user or host name
+/// is in them); off loopback only to scrapes that send a token of
+/// `--tokens-file`, which is then required on any address.
+fn metrics_verifier(
+    args: &Args,
+    tokens: Option<&Tokens>,
+) -> Result<Option<crate::metrics::Verifier>, String> {
+    let Some(addr) = args.metrics_listen else {
+        return Ok(None);
+    };
+    match tokens {
+        Some(tokens) => {
+            let tokens = tokens.clone();
+            Ok(Some(std::sync::Arc::new(move |presented: &[u8]| {
+                tokens.verify(presented).is_some()
+            })))
+        }
+        None if addr.ip().is_loopback() => Ok(None),
+        None => Err(format!(
+            "refusing metrics on non-loopback {addr} without authentication; pass \
+             --tokens-file FILE (scrapes then send a bearer token), or listen on 127.0.0.1"
+        )),
     }
 }
 

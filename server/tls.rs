@@ -126,6 +126,7 @@ where
                     }
                     Err(_) => format!("no TLS handshake within {}s", HANDSHAKE_TIMEOUT.as_secs()),
                 };
+                crate::metrics::get().tls_handshake_failures.inc();
                 let logged = refusals.lock().unwrap_or_else(|e| e.into_inner()).hit();
                 if let Some(count) = logged {
                     tracing::warn!(%peer, count, "refused TLS handshake: {reason}");

@@ -19,6 +19,7 @@ use super::answer::{Answer, OutputBuffer, await_ready, write_segments};
 use super::listener::Shared;
 use super::reader::{self, BudgetedReader};
 use crate::memory::Reservation;
+use crate::metrics::{self, Rejection};
 use crate::runner::types::{Caller, Event, ExecSpec, Program, StdinMode};
 
 /// How long a request start that later bytes must decide (under 4 bytes that
@@ -66,6 +67,7 @@ impl Handler {
     }
 
     pub async fn run(mut self, _permit: OwnedSemaphorePermit) {
+        let _open = metrics::get().legacy_connection(self.shared.framing.listener());
         tracing::debug!(peer = %self.peer, "legacy: connection open");
         loop {
             let next = match self.pending.take() {
@@ -77,6 +79,7 @@ impl Handler {
                 Some(Err(LegacyError::Io(e))) => {
                     if let Some(exhausted) = reader::exhausted(&e) {
                         tracing::info!(peer = %self.peer, "legacy: request refused: {exhausted}");
+                        metrics::get().rejected(Rejection::Limit);
                         self.answer(Response::error(exhausted.to_string())).await;
                     } else {
                         tracing::debug!(peer = %self.peer, "legacy: read failed: {e}");
@@ -84,11 +87,13 @@ impl Handler {
                     break;
                 }
                 Some(Err(LegacyError::Http(why))) => {
+                    metrics::get().rejected(Rejection::Invalid);
                     self.warn_http(why);
                     break;
                 }
                 Some(Err(LegacyError::BadMessage(message))) => {
                     tracing::info!(peer = %self.peer, "legacy: bad request: {message}");
+                    metrics::get().rejected(Rejection::Invalid);
                     self.answer(Response::error(message)).await;
                     break;
                 }
@@ -96,6 +101,7 @@ impl Handler {
             };
             self.first = false;
             if self.shared.shutdown.is_draining() {
+                metrics::get().rejected(Rejection::ShuttingDown);
                 self.answer(Response::error("server is shutting down"))
                     .await;
                 break;
@@ -237,7 +243,11 @@ impl Handler {
         let started = Instant::now();
         let mut execution = match self.shared.runner.start(spec, caller).await {
             Ok(execution) => execution,
-            Err(e) => return Some(Response::error(e.to_string()).into()),
+            Err(e) => {
+                metrics::get()
+                    .rejected(Rejection::of(crate::service::status_from(e.clone()).code()));
+                return Some(Response::error(e.to_string()).into());
+            }
         };
         let mut output = OutputBuffer::new(
             self.shared.config.max_output_bytes,
@@ -287,6 +297,7 @@ impl Handler {
     /// `length-ready`, does not ask for the body with `recv_ready`).
     async fn answer(&mut self, answer: impl Into<Answer>) -> bool {
         let mut answer = answer.into();
+        metrics::get().legacy_answer(self.shared.framing.listener(), answer.is_refusal());
         // The held output is given back once it has left.
         let _held = answer.held.take();
         let wire = match answer.into_wire(self.shared.framing) {

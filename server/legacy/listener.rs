@@ -99,6 +99,10 @@ impl Listener {
                 }
                 Err(_) => {
                     let listener = self.shared.framing.listener();
+                    let metrics = crate::metrics::get();
+                    let _open = metrics.legacy_connection(listener);
+                    metrics.rejected(crate::metrics::Rejection::Limit);
+                    metrics.legacy_answer(listener, true);
                     tracing::warn!(%peer, limit = max_connections, listener, "legacy: too many connections");
                     let message = format!(
                         "too many legacy connections (limit {max_connections}); try again later"

@@ -17,6 +17,7 @@ use super::answer::OutputBuffer;
 use super::dialect::{self, Dialect};
 use super::handler::exec_spec;
 use crate::memory::MemoryBudget;
+use crate::metrics::Rejection;
 use crate::rate_limited::RateLimited;
 use crate::runner::Runner;
 use crate::runner::types::{Caller, Event};
@@ -86,6 +87,8 @@ impl UdpListener {
                     continue;
                 }
             };
+            let metrics = crate::metrics::get();
+            let _counted = metrics.legacy_connection(Dialect::Udp.listener());
             if this.loopback_only && !peer.ip().is_loopback() {
                 this.warn(
                     peer,
@@ -102,11 +105,14 @@ impl UdpListener {
                     continue;
                 }
                 Err(LegacyError::Http(why)) => {
+                    metrics.rejected(Rejection::Invalid);
                     this.warn(peer, &format!("{why}; nothing run, not answered"));
                     continue;
                 }
                 Err(e) => {
                     tracing::info!(%peer, "legacy-udp: bad request: {e}");
+                    metrics.rejected(Rejection::Invalid);
+                    metrics.legacy_answer(Dialect::Udp.listener(), true);
                     this.send(peer, dialect::error_text(&e.to_string())).await;
                     continue;
                 }
@@ -114,6 +120,8 @@ impl UdpListener {
             let Ok(permit) = this.running.clone().try_acquire_owned() else {
                 let limit = this.config.max_connections;
                 tracing::warn!(%peer, limit, "legacy-udp: too many commands running");
+                metrics.rejected(Rejection::Limit);
+                metrics.legacy_answer(Dialect::Udp.listener(), true);
                 let message =
                     format!("too many legacy commands running (limit {limit}); try again later");
                 this.send(peer, dialect::error_text(&message)).await;
@@ -122,6 +130,7 @@ impl UdpListener {
             let this = this.clone();
             tokio::spawn(async move {
                 let answer = this.execute(request, peer).await;
+                crate::metrics::get().legacy_answer(Dialect::Udp.listener(), false);
                 this.send(peer, answer).await;
                 drop(permit);
             });

@@ -213,6 +213,7 @@ impl Runner {
             bulk_pipes: self.bulk_pipes.clone(),
             _slot: slot,
         };
+        crate::metrics::get().exec_started();
         self.supervisors.spawn(supervisor.run(stdout, stderr));
         Ok(Execution {
             pid,

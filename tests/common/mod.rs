@@ -24,6 +24,8 @@ pub struct Daemon {
     /// `--legacy-compat` listeners as the readiness line names them, in its
     /// order: (`raw`, `127.0.0.1:41235`).
     pub compat: Vec<(String, String)>,
+    /// `--metrics-listen`'s address.
+    pub metrics_addr: Option<String>,
     /// rexecd's stderr (logs and audit lines).
     pub log: PathBuf,
 }
@@ -71,10 +73,12 @@ impl Daemon {
         let mut addr = None;
         let mut legacy_addr = None;
         let mut compat = Vec::new();
+        let mut metrics_addr = None;
         for part in rest.split(' ') {
             match part.split_once('=') {
                 Some(("grpc", a)) => addr = Some(a.to_string()),
                 Some(("legacy", a)) => legacy_addr = Some(a.to_string()),
+                Some(("metrics", a)) => metrics_addr = Some(a.to_string()),
                 Some((name, a)) if name.starts_with("legacy-") => {
                     compat.push((name["legacy-".len()..].to_string(), a.to_string()));
                 }
@@ -86,6 +90,7 @@ impl Daemon {
             addr: addr.expect("grpc address in readiness line"),
             legacy_addr,
             compat,
+            metrics_addr,
             log,
         }
     }
