@@ -1,7 +1,8 @@
 //! `--metrics-listen ADDR`: `GET /metrics` over HTTP/1.1 (hyper), what a
 //! Prometheus server scrapes. Anything else is 404 (other paths) or 405
 //! (other methods); a request whose headers do not arrive within
-//! `HEADER_TIMEOUT` is closed, so silent connections hold nothing. Beside
+//! `HEADER_TIMEOUT` is closed and each connection serves one scrape, so
+//! silent connections hold a slot for 10 s at most. Beside
 //! `--tokens-file` a scrape needs `Authorization: Bearer TOKEN` (any token
 //! of the file), else 401.
 
@@ -49,9 +50,11 @@ impl Endpoint {
     pub async fn run(self, shutdown: Shutdown) {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit,
+                () = shutdown.draining() => return,
             };
+            let Ok(permit) = permit else { return };
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
                 () = shutdown.draining() => return,
@@ -73,7 +76,9 @@ impl Endpoint {
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .keep_alive(true)
+                    // One scrape a connection: an idle kept-alive connection
+                    // would hold a slot with no header timeout running.
+                    .keep_alive(false)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
                 if let Err(e) = served {
