@@ -11,6 +11,7 @@ mod limits;
 mod local_token;
 mod memory;
 mod rate_limited;
+mod reload;
 mod run_as;
 mod runner;
 mod security;
@@ -358,6 +359,13 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         }
         None => None,
     };
+    let reloadable = reload::Reloadable {
+        tokens: args
+            .tokens_file
+            .clone()
+            .zip(security.credentials.tokens.clone()),
+        audit: audit.clone(),
+    };
     // Credentials are checked from the headers, before a request body is read.
     let authenticator =
         Authenticator::new(security.credentials, audit.clone(), connections.clone());
@@ -390,6 +398,7 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     tokio::spawn(shutdown.clone().watch_signals(args.shutdown_grace)?);
+    tokio::spawn(reloadable.watch()?);
     let stop_accepting = {
         let shutdown = shutdown.clone();
         let health = health.clone();

@@ -11,7 +11,7 @@ use tokio_rustls::rustls::ServerConfig;
 
 use crate::Args;
 use crate::audit::Audit;
-use crate::auth::{Credentials, Tokens};
+use crate::auth::{Credentials, SharedTokens, Tokens};
 use crate::run_as::RunAs;
 use crate::runner::Containment;
 use crate::{local_token, tls};
@@ -95,7 +95,7 @@ impl Security {
         }
         let security = Security {
             credentials: Credentials {
-                tokens,
+                tokens: tokens.map(SharedTokens::new),
                 client_certs: args.tls_client_ca.is_some(),
                 local,
             },
