@@ -6,6 +6,7 @@ mod auth;
 mod config;
 mod connections;
 mod incoming;
+mod init;
 mod legacy;
 mod limits;
 mod local_token;
@@ -38,7 +39,12 @@ use crate::shutdown::Shutdown;
 
 /// rexecd: run commands for remote clients and stream their output back.
 #[derive(Debug, Parser)]
-#[command(name = "rexecd", version, about)]
+#[command(
+    name = "rexecd",
+    version,
+    about,
+    after_help = "TLS, mTLS and a token in one step: rexecd init DIR (see rexecd init --help)."
+)]
 struct Args {
     /// gRPC listen address. Port 0 picks a free port; the readiness line on
     /// stdout says which ("listening grpc=ADDR").
@@ -217,6 +223,10 @@ enum LogFormat {
 }
 
 fn main() -> std::process::ExitCode {
+    let mut words = std::env::args_os().skip(1);
+    if words.next().is_some_and(|word| word == "init") {
+        return init::main(words);
+    }
     let args: Args = match config::parse() {
         Ok(args) => args,
         Err(code) => return code,
