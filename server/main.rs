@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod config;
 mod connections;
+mod credentials;
 mod incoming;
 mod init;
 mod legacy;
@@ -73,20 +74,22 @@ struct Args {
     /// Require `authorization: Bearer TOKEN` on every call. FILE has lines of
     /// NAME TOKEN (NAME is the principal in the audit log; `#` comments and
     /// blank lines are allowed) and must not be accessible by group or others.
-    #[arg(long, value_name = "FILE")]
+    /// `%d/NAME` is systemd's credential NAME (LoadCredential=), in
+    /// $CREDENTIALS_DIRECTORY, here and in the --tls-* files; SIGHUP reloads it.
+    #[arg(long, value_name = "FILE", value_parser = credentials::path)]
     tokens_file: Option<PathBuf>,
 
     /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, value_name = "FILE", requires = "tls_key", value_parser = credentials::path)]
     tls_cert: Option<PathBuf>,
 
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_parser = credentials::path)]
     tls_key: Option<PathBuf>,
 
     /// Require a client certificate signed by this CA (PEM) on every
     /// connection (mTLS); its subject CN, else its first SAN, is the principal.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_parser = credentials::path)]
     tls_client_ca: Option<PathBuf>,
 
     /// Commands running at once, both listeners together; more get
