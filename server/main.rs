@@ -11,6 +11,7 @@ mod init;
 mod legacy;
 mod limits;
 mod local_token;
+mod man_pages;
 mod memory;
 mod rate_limited;
 mod reload;
@@ -227,8 +228,10 @@ enum LogFormat {
 
 fn main() -> std::process::ExitCode {
     let mut words = std::env::args_os().skip(1);
-    if words.next().is_some_and(|word| word == "init") {
-        return init::main(words);
+    match words.next() {
+        Some(word) if word == "init" => return init::main(words),
+        Some(word) if word == "--man-pages" => return man_pages::main(words),
+        _ => {}
     }
     let args: Args = match config::parse() {
         Ok(args) => args,
