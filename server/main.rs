@@ -1,5 +1,5 @@
 //! `rexecd`: the rexec daemon. Serves `rexec.v1.RemoteExec` over gRPC, plus
-//! health and reflection. See DESIGN.md for the contract.
+//! health and reflection. See docs/ARCHITECTURE.md for the contract.
 
 mod audit;
 mod auth;

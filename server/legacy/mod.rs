@@ -1,5 +1,5 @@
 //! The legacy raw-TCP listener: the classic 4-byte-prefix protocol, served from
-//! the same runner as gRPC (DESIGN.md, "Legacy raw-TCP listener").
+//! the same runner as gRPC (docs/ARCHITECTURE.md, "The contract": legacy listener).
 //!
 //! - `listener`: accepts, one permit per connection, refuses past the limit.
 //! - `handler`: one connection, one request after the other, its timeouts.
