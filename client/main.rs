@@ -6,6 +6,7 @@ mod connect;
 mod fanout;
 mod interrupt;
 mod legacy;
+mod man_pages;
 mod nodes;
 mod output;
 mod quote;
@@ -148,6 +149,10 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
+    let mut words = std::env::args_os().skip(1);
+    if words.next().is_some_and(|word| word == "--man-pages") {
+        return man_pages::main(Cli::command(), words);
+    }
     let cli = Cli::parse();
     let ending = match cli.tool {
         Some(Tool::Completions { shell }) => print_completions(shell),

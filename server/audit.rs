@@ -2,6 +2,7 @@
 //! stdin, never credentials.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,8 @@ use crate::runner::types::{Caller, ExecSpec, ExitReport, Program, Stop, Terminat
 #[derive(Clone)]
 pub struct Audit {
     sink: Arc<Mutex<Box<dyn Write + Send>>>,
+    /// `--audit-log`'s path, reopened on SIGHUP; `None` for stderr.
+    path: Option<Arc<Path>>,
 }
 
 /// What is known about an exec when it starts.
@@ -49,21 +52,35 @@ impl Audit {
     pub fn stderr() -> Self {
         Audit {
             sink: Arc::new(Mutex::new(Box::new(std::io::stderr()))),
+            path: None,
         }
     }
 
     /// `--audit-log FILE`: appended to (log rotation by copytruncate keeps
-    /// working), created readable by its owner only.
-    pub fn file(path: &std::path::Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)?;
+    /// working, and so does a move plus SIGHUP), created readable by its
+    /// owner only.
+    pub fn file(path: &Path) -> std::io::Result<Self> {
         Ok(Audit {
-            sink: Arc::new(Mutex::new(Box::new(file))),
+            sink: Arc::new(Mutex::new(Box::new(open_log(path)?))),
+            path: Some(Arc::from(path)),
         })
+    }
+
+    /// SIGHUP: opens the audit log at its path again, so lines go to the file
+    /// logrotate just created instead of the one it moved away. On failure
+    /// the old file keeps the lines. `Ok(None)` when the sink is stderr.
+    pub fn reopen(&self) -> std::io::Result<Option<PathBuf>> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        let file = open_log(path)?;
+        let mut sink = match self.sink.lock() {
+            Ok(sink) => sink,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Lines already written went out whole (one write each, flushed).
+        *sink = Box::new(file);
+        Ok(Some(path.to_path_buf()))
     }
 
     /// A call refused before anything ran (credentials, limits, a bad
@@ -132,6 +149,15 @@ impl Audit {
             }
         }
     }
+}
+
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
 }
 
 fn now() -> f64 {

@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
@@ -20,14 +20,12 @@ pub const MIN_TOKEN_LEN: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Principal(pub String);
 
-#[derive(Clone)]
 struct TokenEntry {
     name: String,
     token: Vec<u8>,
 }
 
 /// The `NAME TOKEN` lines of a tokens file.
-#[derive(Clone)]
 pub struct Tokens {
     entries: Vec<TokenEntry>,
 }
@@ -117,6 +115,35 @@ impl Tokens {
         self.entries.len()
     }
 
+    /// What `newer` changes: names added, names removed, names whose token
+    /// changed, each sorted. For the reload log line; never the tokens.
+    pub fn changes_to(&self, newer: &Tokens) -> TokenChanges {
+        let token_of = |tokens: &Tokens, name: &str| {
+            tokens
+                .entries
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| e.token.clone())
+        };
+        let mut changes = TokenChanges::default();
+        for entry in &newer.entries {
+            match token_of(self, &entry.name) {
+                None => changes.added.push(entry.name.clone()),
+                Some(token) if token != entry.token => changes.changed.push(entry.name.clone()),
+                Some(_) => {}
+            }
+        }
+        for entry in &self.entries {
+            if token_of(newer, &entry.name).is_none() {
+                changes.removed.push(entry.name.clone());
+            }
+        }
+        changes.added.sort();
+        changes.removed.sort();
+        changes.changed.sort();
+        changes
+    }
+
     /// The local token alone, under the name `principal` (`local:USER`).
     pub fn local(principal: String, token: String) -> Tokens {
         Tokens {
@@ -128,9 +155,45 @@ impl Tokens {
     }
 }
 
+/// Names added, removed and given a new token by a reload.
+#[derive(Debug, Default, PartialEq)]
+pub struct TokenChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// The token set in force, shared by every connection's authenticator and
+/// replaced whole by a SIGHUP reload: a call checks the set current when its
+/// headers arrive, so a running exec is never cut by a reload.
+#[derive(Clone)]
+pub struct SharedTokens(Arc<RwLock<Arc<Tokens>>>);
+
+impl SharedTokens {
+    pub fn new(tokens: Tokens) -> Self {
+        SharedTokens(Arc::new(RwLock::new(Arc::new(tokens))))
+    }
+
+    pub fn current(&self) -> Arc<Tokens> {
+        // A poisoned lock still holds a whole set: replace() only swaps an Arc.
+        match self.0.read() {
+            Ok(tokens) => tokens.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, tokens: Tokens) {
+        let mut slot = match self.0.write() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = Arc::new(tokens);
+    }
+}
+
 /// What rexecd requires of a caller, decided at start.
 pub struct Credentials {
-    pub tokens: Option<Tokens>,
+    pub tokens: Option<SharedTokens>,
     /// The TLS layer requires a verified client certificate (mTLS), whose
     /// name is the principal unless a token names one.
     pub client_certs: bool,
@@ -142,7 +205,7 @@ pub struct Credentials {
 /// a refusal.
 #[derive(Clone)]
 pub struct Authenticator {
-    tokens: Option<Arc<Tokens>>,
+    tokens: Option<SharedTokens>,
     client_certs: bool,
     local: bool,
     audit: Audit,
@@ -152,7 +215,7 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(credentials: Credentials, audit: Audit, connections: Connections) -> Self {
         Authenticator {
-            tokens: credentials.tokens.map(Arc::new),
+            tokens: credentials.tokens,
             client_certs: credentials.client_certs,
             local: credentials.local,
             audit,
@@ -171,6 +234,7 @@ impl Authenticator {
             let refused = |status| (status, cert_name.clone());
             let token = bearer_token(request, self.local).map_err(refused)?;
             return tokens
+                .current()
                 .verify(token.as_bytes())
                 .map(str::to_string)
                 .ok_or_else(|| {
@@ -296,6 +360,18 @@ mod tests {
         assert!(Tokens::parse("# nothing\n").is_err());
         assert!(Tokens::parse(&format!("a {A}\na {B}\n")).is_err());
         assert!(Tokens::parse(&format!("a {A}\nb {A}\n")).is_err());
+    }
+
+    #[test]
+    fn changes_name_added_removed_and_changed_tokens() {
+        const C: &str = "cccccccccccccccccccc";
+        let old = Tokens::parse(&format!("alice {A}\nbob {B}\n")).unwrap();
+        let new = Tokens::parse(&format!("carol {A}\nbob {C}\n")).unwrap();
+        let changes = old.changes_to(&new);
+        assert_eq!(changes.added, ["carol"]);
+        assert_eq!(changes.removed, ["alice"]);
+        assert_eq!(changes.changed, ["bob"]);
+        assert_eq!(new.changes_to(&new), TokenChanges::default());
     }
 
     #[test]

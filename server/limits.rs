@@ -133,7 +133,7 @@ pub fn check_exec_size(args: &[String], env: &[(String, String)]) -> Result<(), 
 }
 
 /// tonic answers a request message over `--max-request-size` with
-/// OUT_OF_RANGE; gRPC's convention (and DESIGN.md) is RESOURCE_EXHAUSTED.
+/// OUT_OF_RANGE; gRPC's convention (and the contract, docs/ARCHITECTURE.md) is RESOURCE_EXHAUSTED.
 pub fn request_too_large(status: &tonic::Status) -> Option<tonic::Status> {
     (status.code() == tonic::Code::OutOfRange && is_size_message(status.message()))
         .then(|| tonic::Status::resource_exhausted(status.message()))

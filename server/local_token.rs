@@ -137,7 +137,8 @@ fn check_private(path: &Path, meta: &std::fs::Metadata, directory: bool) -> Resu
     Ok(())
 }
 
-fn new_token() -> Result<String, String> {
+/// 32 random bytes in hex: also `rexecd init`'s token.
+pub fn new_token() -> Result<String, String> {
     let mut bytes = [0u8; TOKEN_BYTES];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut random| random.read_exact(&mut bytes))

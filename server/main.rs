@@ -1,17 +1,21 @@
 //! `rexecd`: the rexec daemon. Serves `rexec.v1.RemoteExec` over gRPC, plus
-//! health and reflection. See DESIGN.md for the contract.
+//! health and reflection. See docs/ARCHITECTURE.md for the contract.
 
 mod audit;
 mod auth;
 mod config;
 mod connections;
+mod credentials;
 mod incoming;
+mod init;
 mod legacy;
 mod limits;
 mod local_token;
+mod man_pages;
 mod memory;
 mod metrics;
 mod rate_limited;
+mod reload;
 mod run_as;
 mod runner;
 mod security;
@@ -40,7 +44,12 @@ use crate::shutdown::Shutdown;
 
 /// rexecd: run commands for remote clients and stream their output back.
 #[derive(Debug, Parser)]
-#[command(name = "rexecd", version, about)]
+#[command(
+    name = "rexecd",
+    version,
+    about,
+    after_help = "TLS, mTLS and a token in one step: rexecd init DIR (see rexecd init --help)."
+)]
 struct Args {
     /// gRPC listen address. Port 0 picks a free port; the readiness line on
     /// stdout says which ("listening grpc=ADDR").
@@ -69,20 +78,22 @@ struct Args {
     /// Require `authorization: Bearer TOKEN` on every call. FILE has lines of
     /// NAME TOKEN (NAME is the principal in the audit log; `#` comments and
     /// blank lines are allowed) and must not be accessible by group or others.
-    #[arg(long, value_name = "FILE")]
+    /// `%d/NAME` is systemd's credential NAME (LoadCredential=), in
+    /// $CREDENTIALS_DIRECTORY, here and in the --tls-* files; SIGHUP reloads it.
+    #[arg(long, value_name = "FILE", value_parser = credentials::path)]
     tokens_file: Option<PathBuf>,
 
     /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, value_name = "FILE", requires = "tls_key", value_parser = credentials::path)]
     tls_cert: Option<PathBuf>,
 
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_parser = credentials::path)]
     tls_key: Option<PathBuf>,
 
     /// Require a client certificate signed by this CA (PEM) on every
     /// connection (mTLS); its subject CN, else its first SAN, is the principal.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_parser = credentials::path)]
     tls_client_ca: Option<PathBuf>,
 
     /// Commands running at once, both listeners together; more get
@@ -236,6 +247,12 @@ enum LogFormat {
 }
 
 fn main() -> std::process::ExitCode {
+    let mut words = std::env::args_os().skip(1);
+    match words.next() {
+        Some(word) if word == "init" => return init::main(words),
+        Some(word) if word == "--man-pages" => return man_pages::main(words),
+        _ => {}
+    }
     let args: Args = match config::parse() {
         Ok(args) => args,
         Err(code) => return code,
@@ -404,6 +421,13 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         ),
         None => None,
     };
+    let reloadable = reload::Reloadable {
+        tokens: args
+            .tokens_file
+            .clone()
+            .zip(security.credentials.tokens.clone()),
+        audit: audit.clone(),
+    };
     // Credentials are checked from the headers, before a request body is read.
     let authenticator =
         Authenticator::new(security.credentials, audit.clone(), connections.clone());
@@ -436,6 +460,7 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     tokio::spawn(shutdown.clone().watch_signals(args.shutdown_grace)?);
+    tokio::spawn(reloadable.watch()?);
     let stop_accepting = {
         let shutdown = shutdown.clone();
         let health = health.clone();

@@ -11,7 +11,7 @@ use tokio_rustls::rustls::ServerConfig;
 
 use crate::Args;
 use crate::audit::Audit;
-use crate::auth::{Credentials, Tokens};
+use crate::auth::{Credentials, SharedTokens, Tokens};
 use crate::run_as::RunAs;
 use crate::runner::Containment;
 use crate::{local_token, tls};
@@ -72,13 +72,15 @@ impl Security {
             }
             None => None,
         };
-        let metrics_verifier = metrics_verifier(args, tokens.as_ref())?;
         let local = tokens.is_none() && args.tls_client_ca.is_none() && !args.insecure_no_auth;
         let tokens = if local {
             Some(local_credential(args)?)
         } else {
             tokens
-        };
+        }
+        .map(SharedTokens::new);
+        let from_file = tokens.as_ref().filter(|_| args.tokens_file.is_some());
+        let metrics_verifier = metrics_verifier(args, from_file)?;
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(
                 cert,
@@ -161,16 +163,17 @@ impl Security {
 /// `--tokens-file`, which is then required on any address.
 fn metrics_verifier(
     args: &Args,
-    tokens: Option<&Tokens>,
+    tokens: Option<&SharedTokens>,
 ) -> Result<Option<crate::metrics::Verifier>, String> {
     let Some(addr) = args.metrics_listen else {
         return Ok(None);
     };
     match tokens {
         Some(tokens) => {
+            // The set in force at each scrape: a SIGHUP reload applies here too.
             let tokens = tokens.clone();
             Ok(Some(std::sync::Arc::new(move |presented: &[u8]| {
-                tokens.verify(presented).is_some()
+                tokens.current().verify(presented).is_some()
             })))
         }
         None if addr.ip().is_loopback() => Ok(None),

@@ -1,5 +1,5 @@
 //! The legacy wire protocol of the classic socket exercise, spoken by
-//! `rexecd --legacy-listen` and `rexec --legacy` (DESIGN.md, "Legacy raw-TCP listener").
+//! `rexecd --legacy-listen` and `rexec --legacy` (docs/ARCHITECTURE.md, "The contract": legacy listener).
 //!
 //! Response: `[i32 LE header length][JSON header][data_size bytes: stdout, then stderr]`.
 //! Request, told apart per request: unframed (raw command text, what one read

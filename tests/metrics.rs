@@ -323,7 +323,7 @@ fn off_loopback_metrics_need_tokens_and_then_every_scrape_sends_one() {
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, format!("scraper {TOKEN}\n")).unwrap();
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (_daemon, metrics) = metrics_daemon(&["--tokens-file", tokens.to_str().unwrap()]);
+    let (daemon, metrics) = metrics_daemon(&["--tokens-file", tokens.to_str().unwrap()]);
     let (status, answer) = get(&metrics, "/metrics");
     assert_eq!(status, 401, "{answer}");
     assert!(
@@ -342,5 +342,19 @@ fn off_loopback_metrics_need_tokens_and_then_every_scrape_sends_one() {
     );
     assert_eq!(right.0, 200);
     assert!(right.1.contains("rexec_execs_running 0"));
+
+    // A SIGHUP reload of the tokens file applies to scrapes too.
+    const NEXT: &str = "scraper-fedcba9876543210fedcba98";
+    std::fs::write(&tokens, format!("scraper {NEXT}\n")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let scrape = |token: &str| {
+        http(
+            &metrics,
+            &format!("GET /metrics HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n"),
+        )
+        .0
+    };
+    assert!(eventually(LIMIT, || scrape(NEXT) == 200));
+    assert_eq!(scrape(TOKEN), 401);
     assert!(Path::new(&dir).exists());
 }

@@ -159,39 +159,156 @@ fn config_that_is_not_toml_or_missing_fails_with_exit_2() {
     assert!(text(&out.stderr).contains("cannot read"));
 }
 
-#[test]
-fn deploy_example_config_is_accepted() {
-    // The file says listen = 127.0.0.1:50051; the harness's --listen flag wins.
-    let daemon = Daemon::start_with(&[
-        "--config",
-        repo_file("deploy/rexecd.toml")
-            .to_str()
-            .expect("utf-8 path"),
-    ]);
-    let out = run(daemon.rexec().args(["--", "echo", "ok"]));
-    assert_eq!(text(&out.stdout), "ok\n");
+/// A credentials directory as systemd's LoadCredential= makes it: the
+/// tokens file, private to the service user.
+fn credentials_dir(token: &str) -> PathBuf {
+    let dir = scratch_dir("credentials");
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, format!("admin {token}\n")).expect("write tokens");
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o400))
+        .expect("chmod tokens");
+    dir
 }
 
 #[test]
-fn deploy_systemd_unit_verifies_cleanly() {
+fn deploy_example_config_is_accepted_with_systemd_credentials() {
+    // The file says listen = 127.0.0.1:50051 and the audit log in
+    // /var/log/rexecd; the harness's --listen and this --audit-log win.
+    let token = "deploy-config-token-0123456789";
+    let credentials = credentials_dir(token);
+    let audit = scratch_dir("audit").join("audit.log");
+    let config = repo_file("deploy/rexecd.toml");
+    let daemon = Daemon::start_configured(
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--audit-log",
+            audit.to_str().expect("utf-8 path"),
+        ],
+        |command| {
+            command.env("CREDENTIALS_DIRECTORY", &credentials);
+        },
+    );
+    let out = run(daemon
+        .rexec()
+        .env("REXEC_TOKEN", token)
+        .args(["--", "echo", "ok"]));
+    assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
+    // tokens-file = "%d/tokens" is what the daemon checks: the local token is refused.
+    let out = run(daemon.rexec().args(["--", "echo", "ok"]));
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(
+        std::fs::read_to_string(&audit).is_ok_and(|log| log.contains(r#""principal":"admin""#))
+    );
+}
+
+#[test]
+fn credential_path_without_credentials_directory_fails_with_exit_2() {
+    let out = run(Command::new(REXECD)
+        .args(["--listen", "127.0.0.1:0", "--tokens-file", "%d/tokens"])
+        .env_remove("CREDENTIALS_DIRECTORY"));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stdout), "");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("CREDENTIALS_DIRECTORY"), "{stderr}");
+}
+
+/// deploy/rexecd.service pointed at this checkout's binary and config, with
+/// `drop_in` appended as a drop-in would be (later lines win), in a scratch file.
+fn installed_unit(name: &str, drop_in: Option<&str>) -> PathBuf {
     let unit = std::fs::read_to_string(repo_file("deploy/rexecd.service")).expect("read unit");
     assert!(unit.contains("ExecStart=/usr/local/bin/rexecd --config /etc/rexecd/rexecd.toml"));
-    // Point it at the binary and config in this checkout, which exist here.
-    let unit = unit.replace("/usr/local/bin/rexecd", REXECD).replace(
+    let mut unit = unit.replace("/usr/local/bin/rexecd", REXECD).replace(
         "/etc/rexecd/rexecd.toml",
         repo_file("deploy/rexecd.toml")
             .to_str()
             .expect("utf-8 path"),
     );
-    let path = scratch_dir("unit").join("rexecd.service");
+    if let Some(drop_in) = drop_in {
+        unit.push_str(&std::fs::read_to_string(repo_file(drop_in)).expect("read drop-in"));
+    }
+    let path = scratch_dir("unit").join(name);
     std::fs::write(&path, unit).expect("write unit");
-    let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    path
+}
+
+fn verify_cleanly(unit: &Path) {
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(unit));
     // verify exits 0 on unknown keys but warns about them on stderr.
     assert!(
         out.status.success() && out.stderr.is_empty(),
-        "systemd-analyze verify: {}",
+        "systemd-analyze verify {}: {}",
+        unit.display(),
         text(&out.stderr)
     );
+}
+
+/// The "Overall exposure level" of `systemd-analyze security --offline`.
+fn exposure(unit: &Path) -> f64 {
+    let out = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(unit));
+    let report = text(&out.stdout);
+    report
+        .lines()
+        .find_map(|line| line.split_once("exposure level for ")?.1.split_once(": "))
+        .and_then(|(_, level)| level.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {report}{}", text(&out.stderr)))
+}
+
+#[test]
+fn deploy_systemd_unit_verifies_cleanly() {
+    let unit = installed_unit("rexecd.service", None);
+    verify_cleanly(&unit);
+    let text = std::fs::read_to_string(&unit).expect("read unit");
+    for needed in [
+        "LoadCredential=tokens:/etc/rexecd/tokens",
+        "LogsDirectory=rexecd",
+        "Delegate=yes",
+        "DynamicUser=yes",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(text.lines().any(|line| line == needed), "{needed} missing");
+    }
+    // The config names what the unit provides.
+    let config = std::fs::read_to_string(repo_file("deploy/rexecd.toml")).expect("read config");
+    assert!(
+        config.contains("\ntokens-file = \"%d/tokens\"\n"),
+        "{config}"
+    );
+    assert!(config.contains("\naudit-log = \"/var/log/rexecd/audit.log\"\n"));
+}
+
+#[test]
+fn deploy_run_as_drop_in_verifies_and_runs_as_root() {
+    let unit = installed_unit("rexecd-run-as.service", Some("deploy/run-as.conf"));
+    verify_cleanly(&unit);
+    let out = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit));
+    let report = text(&out.stdout);
+    // User=root without DynamicUser, and the switch's capabilities only.
+    assert!(report.contains("Service runs as root user"), "{report}");
+    for kept in ["CAP_SYS_ADMIN", "CAP_(DAC_"] {
+        let line = report
+            .lines()
+            .find(|line| line.contains(&format!("CapabilityBoundingSet=~{kept}")))
+            .unwrap_or_else(|| panic!("no {kept} line in {report}"));
+        assert!(line.trim_start().starts_with('✓'), "{line}");
+    }
+}
+
+/// Measured on the unit as it was before issue 18: 1.9 (`OK`). The run-as
+/// variant gives up the dynamic user for root: 2.9, still `OK`.
+#[test]
+fn deploy_systemd_unit_exposure_stays_at_most_1_9() {
+    let level = exposure(&installed_unit("rexecd.service", None));
+    assert!(level <= 1.9, "exposure {level} is worse than 1.9");
+    let level = exposure(&installed_unit(
+        "rexecd-run-as.service",
+        Some("deploy/run-as.conf"),
+    ));
+    assert!(level <= 2.9, "run-as exposure {level} is worse than 2.9");
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! The legacy listeners: the classic 4-byte-prefix protocol (DESIGN.md,
-//! "Legacy raw-TCP listener") and the tutorial's earlier servers
+//! The legacy listeners: the classic 4-byte-prefix protocol (docs/ARCHITECTURE.md,
+//! "The contract": legacy listener) and the tutorial's earlier servers
 //! (`--legacy-compat`), served from the same runner as gRPC.
 //!
 //! - `dialect`: the tutorial's earlier servers (`--legacy-compat`): names, framings.
