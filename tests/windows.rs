@@ -300,6 +300,47 @@ async fn repl_on_a_terminal_keeps_cd_reports_failures_and_quits() {
     assert_eq!(terminal.exit_code().await, Some(0));
 }
 
+/// rexec.exe on a pty of ours, which wine makes its console: `--addr`, then `args`.
+fn console(daemon: &Daemon, args: &[&str]) -> Terminal {
+    let wine = wine();
+    let prefix = wine.prefix.to_string_lossy().into_owned();
+    let terminal = Terminal::spawn_program(
+        &wine.program.to_string_lossy(),
+        &[&rexec_exe().to_string_lossy()],
+        &[
+            ("WINEPREFIX", &prefix),
+            ("WINEDEBUG", "-all"),
+            ("REXEC_TOKEN", &local_token()),
+            // Wine's console writes to the pty in the locale's character set.
+            ("LC_ALL", "C.UTF-8"),
+        ],
+        &daemon.addr,
+        args,
+        24,
+        100,
+    );
+    terminal.keep_carriage_returns();
+    terminal
+}
+
+#[tokio::test]
+async fn a_console_shows_text_whatever_bytes_arrive() {
+    let daemon = Daemon::start();
+    // std refuses to write bytes that are not UTF-8 to a Windows console: the
+    // stray 0xff must become U+FFFD, not end rexec with an output error.
+    let mut terminal = console(
+        &daemon,
+        &["--", r"printf 'bad \377 byte\n'; echo end-$((6*7))"],
+    );
+    let shown = plain(&terminal.expect("end-42").await);
+    assert!(shown.contains("bad \u{fffd} byte"), "{shown:?}");
+    assert_eq!(terminal.exit_code().await, Some(0));
+    // --encoding on a console: GBK from the server reads as Chinese.
+    let mut terminal = console(&daemon, &["--encoding", "gbk", "--", GBK_NIHAO]);
+    terminal.expect("你好").await;
+    assert_eq!(terminal.exit_code().await, Some(0));
+}
+
 /// What a screen shows: cursor-forward moves (`ESC[NC`) as N spaces, other
 /// escape sequences dropped.
 fn plain(screen: &str) -> String {
