@@ -341,6 +341,44 @@ async fn a_console_shows_text_whatever_bytes_arrive() {
     assert_eq!(terminal.exit_code().await, Some(0));
 }
 
+#[tokio::test]
+async fn repl_history_is_kept_under_appdata() {
+    let daemon = Daemon::start();
+    let marker = unique_marker("hist");
+    let wine = wine();
+    let prefix = wine.prefix.to_string_lossy().into_owned();
+    // An empty REXEC_HISTORY counts as unset: the Windows default is used.
+    let mut terminal = Terminal::spawn_program(
+        &wine.program.to_string_lossy(),
+        &[&rexec_exe().to_string_lossy()],
+        &[
+            ("WINEPREFIX", &prefix),
+            ("WINEDEBUG", "-all"),
+            ("REXEC_TOKEN", &local_token()),
+            ("REXEC_HISTORY", ""),
+        ],
+        &daemon.addr,
+        &[],
+        24,
+        100,
+    );
+    terminal.keep_carriage_returns();
+    terminal.expect("rexec>").await;
+    terminal.type_text(&format!("echo {marker}\r")).await;
+    terminal.expect(&format!("{marker}\r")).await;
+    terminal.type_text("quit\r").await;
+    assert_eq!(terminal.exit_code().await, Some(0));
+    // Wine's %APPDATA% is drive_c/users/USER/AppData/Roaming in the prefix.
+    let users = wine.prefix.join("drive_c/users");
+    let kept = std::fs::read_dir(&users)
+        .expect("the prefix's users")
+        .flatten()
+        .map(|user| user.path().join("AppData/Roaming/rexec/history"))
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .any(|history| history.contains(&format!("echo {marker}")));
+    assert!(kept, "no history with the line under {}", users.display());
+}
+
 /// What a screen shows: cursor-forward moves (`ESC[NC`) as N spaces, other
 /// escape sequences dropped.
 fn plain(screen: &str) -> String {
