@@ -254,9 +254,9 @@ mod tests {
         let windows = PathBuf::from("C:/Users/u/AppData/Roaming")
             .join("rexec")
             .join("history");
-        assert_eq!(history_path_in(&everything, true), Some(windows));
+        assert_eq!(history_path_in(everything, true), Some(windows));
         assert_eq!(
-            history_path_in(&everything, false),
+            history_path_in(everything, false),
             Some(PathBuf::from("/state/rexec/history"))
         );
         assert_eq!(
