@@ -49,16 +49,20 @@ pub fn encoding(label: &str) -> Result<&'static Encoding, String> {
 
 pub struct Output {
     /// One decoder per stream: a multi-byte character may span two chunks.
-    decoders: Option<(Decoder, Decoder)>,
-    encoding: Option<&'static Encoding>,
+    stdout_decoder: Option<Decoder>,
+    stderr_decoder: Option<Decoder>,
+    stdout_encoding: Option<&'static Encoding>,
+    stderr_encoding: Option<&'static Encoding>,
 }
 
 impl Output {
     /// Raw bytes, or transcoded from `encoding` (see [`encoding`]).
     pub fn new(encoding: Option<&'static Encoding>) -> Self {
         let mut output = Output {
-            decoders: None,
-            encoding,
+            stdout_decoder: None,
+            stderr_decoder: None,
+            stdout_encoding: decoding(encoding, is_windows_console(&std::io::stdout())),
+            stderr_encoding: decoding(encoding, is_windows_console(&std::io::stderr())),
         };
         output.reset();
         output
@@ -66,27 +70,47 @@ impl Output {
 
     /// Fresh decoder state for the next command.
     pub fn reset(&mut self) {
-        self.decoders = self.encoding.map(|e| (e.new_decoder(), e.new_decoder()));
+        self.stdout_decoder = self.stdout_encoding.map(Encoding::new_decoder);
+        self.stderr_decoder = self.stderr_encoding.map(Encoding::new_decoder);
     }
 
     pub fn stdout(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let decoder = self.decoders.as_mut().map(|(out, _)| out);
-        write_chunk(&mut RawStdout::lock()?, decoder, bytes, false)
+        write_chunk(
+            &mut RawStdout::lock()?,
+            self.stdout_decoder.as_mut(),
+            bytes,
+            false,
+        )
     }
 
     pub fn stderr(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let decoder = self.decoders.as_mut().map(|(_, err)| err);
+        let decoder = self.stderr_decoder.as_mut();
         write_chunk(&mut std::io::stderr().lock(), decoder, bytes, false)
     }
 
     /// Flushes characters a decoder still holds (a truncated sequence becomes U+FFFD).
     pub fn finish(&mut self) -> std::io::Result<()> {
-        if let Some((out, err)) = self.decoders.as_mut() {
+        if let Some(out) = self.stdout_decoder.as_mut() {
             write_chunk(&mut RawStdout::lock()?, Some(out), &[], true)?;
+        }
+        if let Some(err) = self.stderr_decoder.as_mut() {
             write_chunk(&mut std::io::stderr().lock(), Some(err), &[], true)?;
         }
         Ok(())
     }
+}
+
+/// How one stream's bytes are decoded before they are written: from
+/// `--encoding` when given; else, on a Windows console, as UTF-8 with U+FFFD
+/// for bad bytes (std writes a console through the wide-character API, so
+/// any code page shows it, and refuses bytes that are not UTF-8); else not
+/// at all: a file or pipe gets the remote bytes unchanged.
+fn decoding(requested: Option<&'static Encoding>, console: bool) -> Option<&'static Encoding> {
+    requested.or(console.then_some(encoding_rs::UTF_8))
+}
+
+fn is_windows_console(stream: &impl std::io::IsTerminal) -> bool {
+    cfg!(windows) && stream.is_terminal()
 }
 
 /// Standard output written straight to fd 1. std's stdout is a LineWriter,
@@ -178,6 +202,19 @@ mod tests {
         write_chunk(&mut sink, Some(&mut decoder), &gbk[1..], false).unwrap();
         write_chunk(&mut sink, Some(&mut decoder), &[], true).unwrap();
         assert_eq!(String::from_utf8(sink).unwrap(), "你好");
+    }
+
+    #[test]
+    fn a_windows_console_gets_utf8_and_a_pipe_raw_bytes() {
+        let gbk = encoding("gbk").unwrap();
+        assert_eq!(decoding(None, false), None);
+        assert_eq!(decoding(None, true), Some(encoding_rs::UTF_8));
+        assert_eq!(decoding(Some(gbk), false), Some(gbk));
+        assert_eq!(decoding(Some(gbk), true), Some(gbk));
+        // On a console, bytes that are not UTF-8 become U+FFFD, never an error.
+        let mut decoder = encoding_rs::UTF_8.new_decoder();
+        assert_eq!(decode(&mut decoder, b"ok \xff\xe4", false), "ok \u{fffd}");
+        assert_eq!(decode(&mut decoder, b"\xbd\xa0", true), "\u{4f60}");
     }
 
     #[test]

@@ -50,12 +50,26 @@ impl Remote for Client {
     }
 }
 
-/// Where history is kept: `$REXEC_HISTORY`, else `$XDG_STATE_HOME/rexec/history`,
-/// else `~/.local/state/rexec/history` (beside the local token).
+/// Where history is kept: `$REXEC_HISTORY`; else on Windows
+/// `%APPDATA%\rexec\history`, where Windows programs keep a user's state;
+/// else `$XDG_STATE_HOME/rexec/history`, else `~/.local/state/rexec/history`
+/// (beside the local token).
 fn history_path() -> Option<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    history_path_in(
+        |name| std::env::var_os(name).filter(|v| !v.is_empty()),
+        cfg!(windows),
+    )
+}
+
+fn history_path_in(
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    windows: bool,
+) -> Option<PathBuf> {
     if let Some(path) = var("REXEC_HISTORY") {
         return Some(PathBuf::from(path));
+    }
+    if windows {
+        return var("APPDATA").map(|dir| PathBuf::from(dir).join("rexec").join("history"));
     }
     let state = var("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -221,6 +235,38 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_lives_where_each_system_keeps_it() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let everything = env(&[
+            ("APPDATA", "C:/Users/u/AppData/Roaming"),
+            ("HOME", "/home/u"),
+            ("XDG_STATE_HOME", "/state"),
+        ]);
+        let windows = PathBuf::from("C:/Users/u/AppData/Roaming")
+            .join("rexec")
+            .join("history");
+        assert_eq!(history_path_in(everything, true), Some(windows));
+        assert_eq!(
+            history_path_in(everything, false),
+            Some(PathBuf::from("/state/rexec/history"))
+        );
+        assert_eq!(
+            history_path_in(env(&[("HOME", "/home/u")]), false),
+            Some(PathBuf::from("/home/u/.local/state/rexec/history"))
+        );
+        assert_eq!(history_path_in(env(&[("HOME", "/home/u")]), true), None);
+        let chosen = env(&[("REXEC_HISTORY", "/h"), ("APPDATA", "C:/x")]);
+        assert_eq!(history_path_in(chosen, true), Some(PathBuf::from("/h")));
+    }
 
     #[test]
     fn only_a_lone_cd_sticks() {

@@ -98,6 +98,7 @@ fn listener_is_mine(port: u16) -> bool {
 
 /// Every listening TCP port, and whether all its sockets belong to this
 /// user, from /proc/net/tcp and tcp6 (Linux).
+#[cfg(unix)]
 fn listeners() -> HashMap<u16, bool> {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
@@ -129,6 +130,13 @@ fn listeners() -> HashMap<u16, bool> {
         }
     }
     ports
+}
+
+/// Elsewhere (Windows) no listener is known to be ours, so the local token
+/// is never sent by itself: pass `--token-file` or `$REXEC_TOKEN`.
+#[cfg(not(unix))]
+fn listeners() -> HashMap<u16, bool> {
+    HashMap::new()
 }
 
 #[cfg(test)]

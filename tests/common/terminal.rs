@@ -23,14 +23,30 @@ impl Terminal {
 
     /// The CLI with `--addr addr` (e.g. a legacy listener's).
     pub fn spawn_at(addr: &str, args: &[&str], rows: u16, cols: u16) -> Terminal {
+        Terminal::spawn_program(super::REXEC, &[], &[], addr, args, rows, cols)
+    }
+
+    /// `program leading... --addr addr args...` with `env` set: a CLI run
+    /// through another program (`wine rexec.exe`, tests/windows.rs).
+    pub fn spawn_program(
+        program: &str,
+        leading: &[&str],
+        env: &[(&str, &str)],
+        addr: &str,
+        args: &[&str],
+        rows: u16,
+        cols: u16,
+    ) -> Terminal {
         let (pty, pts) = pty_process::open().unwrap();
         pty.resize(pty_process::Size::new(rows, cols)).unwrap();
         let history = super::scratch_dir("history").join("history");
-        let child = pty_process::Command::new(super::REXEC)
+        let child = pty_process::Command::new(program)
+            .args(leading)
             .args(["--addr", addr])
             .args(args)
             .env("TERM", "xterm-test")
             .env("REXEC_HISTORY", &history)
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .spawn(pts)
             .unwrap();
@@ -77,6 +93,15 @@ impl Terminal {
                 other => panic!("waiting for a prompt: {other:?}; seen {text:?}"),
             }
         }
+    }
+
+    /// Passes a typed Enter on as `\r` (no ICRNL): wine's console takes
+    /// the `\n` a terminal makes of it for Ctrl-J, and never ends the line.
+    pub fn keep_carriage_returns(&self) {
+        use nix::sys::termios::{InputFlags, SetArg, tcgetattr, tcsetattr};
+        let mut termios = tcgetattr(&self.pty).expect("tcgetattr");
+        termios.input_flags.remove(InputFlags::ICRNL);
+        tcsetattr(&self.pty, SetArg::TCSANOW, &termios).expect("tcsetattr");
     }
 
     /// Resizes the terminal, as a person dragging its window.

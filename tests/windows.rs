@@ -1,0 +1,410 @@
+//! The tutorial's topology: a Windows client, a Linux server. `rexec.exe`
+//! (cross-built by scripts/test-all for x86_64-pc-windows-gnu) runs under
+//! wine against the real Linux rexecd on loopback. Wine and rexec.exe are
+//! required: a missing one fails these tests, in CI and out of it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::terminal::Terminal;
+use common::{Daemon, local_token, output_within, random_file, scratch_dir, unique_marker};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Where scripts/test-all puts the cross-built client.
+fn rexec_exe() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-pc-windows-gnu/release/rexec.exe")
+}
+
+/// One wine prefix for every test in this file (making one takes seconds).
+struct Wine {
+    program: PathBuf,
+    prefix: PathBuf,
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+fn wine() -> &'static Wine {
+    static WINE: OnceLock<Wine> = OnceLock::new();
+    WINE.get_or_init(|| {
+        let exe = rexec_exe();
+        assert!(
+            exe.is_file(),
+            "{} is missing: scripts/test-all cross-builds it \
+             (cargo build --release --target x86_64-pc-windows-gnu --bin rexec)",
+            exe.display()
+        );
+        // Debian's wine64 package: `wine64` on PATH in some versions, only
+        // /usr/lib/wine/wine64 (behind the `wine` script) in others.
+        let program = on_path("wine64")
+            .or_else(|| Some(PathBuf::from("/usr/lib/wine/wine64")).filter(|p| p.is_file()))
+            .or_else(|| on_path("wine"))
+            .expect("wine is missing: scripts/test-all installs it (Debian's wine64)");
+        let prefix = scratch_dir("wine").join("prefix");
+        let boot = Command::new(&program)
+            .args(["wineboot.exe", "--init"])
+            .env("WINEPREFIX", &prefix)
+            .env("WINEDEBUG", "-all")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wineboot");
+        assert!(boot.status.success(), "wineboot failed: {boot:?}");
+        // Wine 8 has no bcryptprimitives.dll, and Rust's std (1.78 on) gets its
+        // random bytes from its ProcessPrng: without this stand-in (forwarding
+        // to RtlGenRandom, tests/windows/processprng.c) rexec.exe cannot start.
+        let system32 = prefix.join("drive_c/windows/system32");
+        assert!(system32.is_dir(), "wineboot made no {}", system32.display());
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/windows/processprng.c");
+        let built = Command::new("x86_64-w64-mingw32-gcc")
+            .args(["-shared", "-O2", "-s", "-o"])
+            .arg(system32.join("bcryptprimitives.dll"))
+            .arg(&source)
+            .arg("-ladvapi32")
+            .output()
+            .expect("x86_64-w64-mingw32-gcc is missing: scripts/test-all installs it");
+        assert!(
+            built.status.success(),
+            "building the ProcessPrng shim: {built:?}"
+        );
+        Wine { program, prefix }
+    })
+}
+
+/// `wine rexec.exe` with the local token handed over (a Windows client never
+/// sends it by itself) and stdin closed unless the test sets it.
+fn rexec_exe_command() -> Command {
+    let wine = wine();
+    let mut command = Command::new(&wine.program);
+    command
+        .arg(rexec_exe())
+        .env("WINEPREFIX", &wine.prefix)
+        .env("WINEDEBUG", "-all")
+        .env("REXEC_TOKEN", local_token())
+        .env("REXEC_HISTORY", scratch_dir("history").join("history"))
+        .stdin(Stdio::null());
+    command
+}
+
+fn rexec_at(addr: &str) -> Command {
+    let mut command = rexec_exe_command();
+    command.args(["--addr", addr]);
+    command
+}
+
+struct Run {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+fn run(command: &mut Command, stdin: &[u8]) -> Run {
+    let out = output_within(command, stdin, LIMIT);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn exit_code_and_streams_arrive_apart() {
+    let daemon = Daemon::start();
+    let out = run(
+        rexec_at(&daemon.addr).args(["--", "echo to-out; echo to-err >&2; exit 3"]),
+        b"",
+    );
+    assert_eq!(out.code, 3, "stderr: {}", out.stderr);
+    assert_eq!(text(&out.stdout), "to-out\n");
+    assert_eq!(out.stderr, "to-err\n");
+}
+
+#[test]
+fn killed_by_a_signal_is_128_plus_n() {
+    let daemon = Daemon::start();
+    let out = run(rexec_at(&daemon.addr).args(["--", "kill -9 $$"]), b"");
+    assert_eq!(out.code, 128 + 9, "stderr: {}", out.stderr);
+    let out = run(rexec_at(&daemon.addr).args(["--", "kill -TERM $$"]), b"");
+    assert_eq!(out.code, 128 + 15, "stderr: {}", out.stderr);
+}
+
+#[test]
+fn connection_refused_is_255() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = listener.local_addr().expect("addr").to_string();
+    drop(listener);
+    let out = run(rexec_at(&dead).args(["--", "true"]), b"");
+    assert_eq!(out.code, 255, "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("cannot connect"), "{}", out.stderr);
+}
+
+#[test]
+fn a_bad_flag_is_exit_2_and_runs_nothing() {
+    let daemon = Daemon::start();
+    let dir = scratch_dir("windows-flag");
+    let witness = dir.join("ran");
+    let out = run(
+        rexec_at(&daemon.addr).args([
+            "--no-such-flag",
+            "--",
+            &format!("touch {}", witness.display()),
+        ]),
+        b"",
+    );
+    assert_eq!(out.code, 2, "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("--no-such-flag"), "{}", out.stderr);
+    assert!(!witness.exists(), "the command ran despite the bad flag");
+}
+
+#[test]
+fn piped_stdin_is_streamed_then_closed() {
+    let daemon = Daemon::start();
+    // `tr` ends only when its stdin reaches EOF; then the shell goes on.
+    let out = run(
+        rexec_at(&daemon.addr).args(["--", "tr a-z A-Z; echo after-eof"]),
+        b"hello\nwindows\n",
+    );
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    assert_eq!(text(&out.stdout), "HELLO\nWINDOWS\nafter-eof\n");
+}
+
+#[test]
+fn sixty_four_mib_redirected_to_a_file_arrive_intact() {
+    let daemon = Daemon::start();
+    let dir = scratch_dir("windows-bulk");
+    let source = random_file(&dir, "random.bin", 64 << 20);
+    let received = dir.join("received.bin");
+    // stdout is a file, as `rexec.exe ... > out.bin` in cmd: raw bytes, unchanged.
+    let status = rexec_at(&daemon.addr)
+        .args(["--", &format!("cat {}", source.display())])
+        .stdout(std::fs::File::create(&received).expect("create received"))
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("run rexec.exe");
+    assert_eq!(status.code(), Some(0));
+    let (sent, got) = (
+        std::fs::read(&source).expect("read source"),
+        std::fs::read(&received).expect("read received"),
+    );
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "64 MiB came back changed");
+}
+
+/// "你好" in GBK, as printf writes it on the server.
+const GBK_NIHAO: &str = r"printf '\304\343\272\303\n'";
+
+#[test]
+fn gbk_output_is_transcoded_and_raw_bytes_pass_unchanged() {
+    let daemon = Daemon::start();
+    let out = run(
+        rexec_at(&daemon.addr).args(["--encoding", "gbk", "--", GBK_NIHAO]),
+        b"",
+    );
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    assert_eq!(text(&out.stdout), "你好\n");
+    // Without --encoding a pipe gets the remote bytes as they are.
+    let out = run(rexec_at(&daemon.addr).args(["--", GBK_NIHAO]), b"");
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, [0xc4, 0xe3, 0xba, 0xc3, b'\n']);
+}
+
+#[test]
+fn legacy_protocol_keeps_streams_code_and_stdin() {
+    let daemon =
+        Daemon::start_with(&["--legacy-listen", "127.0.0.1:0", "--legacy-allow-anonymous"]);
+    let legacy = daemon.legacy_addr.clone().expect("legacy address");
+    let out = run(
+        rexec_at(&legacy).args(["--legacy", "--", "tr a-z A-Z; echo legacy-err >&2; exit 4"]),
+        b"over the old protocol\n",
+    );
+    assert_eq!(out.code, 4, "stderr: {}", out.stderr);
+    assert_eq!(text(&out.stdout), "OVER THE OLD PROTOCOL\n");
+    assert_eq!(out.stderr, "legacy-err\n");
+}
+
+#[test]
+fn fan_out_runs_on_every_host() {
+    let (first, second) = (Daemon::start(), Daemon::start());
+    let marker = unique_marker("fan");
+    let out = run(
+        rexec_exe_command().args([
+            "-H",
+            &first.addr,
+            "-H",
+            &second.addr,
+            "--",
+            &format!("echo {marker}"),
+        ]),
+        b"",
+    );
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let stdout = text(&out.stdout);
+    for addr in [&first.addr, &second.addr] {
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.contains(addr.as_str()) && line.ends_with(&marker)),
+            "no line from {addr}: {stdout}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn repl_on_a_terminal_keeps_cd_reports_failures_and_quits() {
+    let daemon = Daemon::start();
+    let wine = wine();
+    let exe = rexec_exe();
+    let token = local_token();
+    let prefix = wine.prefix.to_string_lossy().into_owned();
+    let dir = scratch_dir("windows-repl");
+    let dir_text = dir.to_string_lossy().into_owned();
+    let mut terminal = Terminal::spawn_program(
+        &wine.program.to_string_lossy(),
+        &[&exe.to_string_lossy()],
+        &[
+            ("WINEPREFIX", &prefix),
+            ("WINEDEBUG", "-all"),
+            ("REXEC_TOKEN", &token),
+        ],
+        &daemon.addr,
+        &[],
+        24,
+        100,
+    );
+    terminal.keep_carriage_returns();
+    // Wine's console draws the screen with cursor moves (a trailing space
+    // comes out as `ESC[1C`), so the prompt is matched up to its `>`.
+    terminal.expect("rexec>").await;
+    terminal.type_text(&format!("cd {dir_text}\r")).await;
+    terminal.expect(&format!("{dir_text}>")).await;
+    // `$(pwd)` is expanded remotely: only the output has the path after "at:".
+    terminal.type_text("echo \"at:$(pwd)\"; exit 3\r").await;
+    terminal.expect(&format!("at:{dir_text}")).await;
+    let after = plain(&terminal.expect(&format!("{dir_text}>")).await);
+    assert!(
+        after.contains("[exit 3]"),
+        "no [exit 3] before the prompt: {after:?}"
+    );
+    terminal.type_text("quit\r").await;
+    assert_eq!(terminal.exit_code().await, Some(0));
+}
+
+/// rexec.exe on a pty of ours, which wine makes its console: `--addr`, then `args`.
+fn console(daemon: &Daemon, args: &[&str]) -> Terminal {
+    let wine = wine();
+    let prefix = wine.prefix.to_string_lossy().into_owned();
+    let terminal = Terminal::spawn_program(
+        &wine.program.to_string_lossy(),
+        &[&rexec_exe().to_string_lossy()],
+        &[
+            ("WINEPREFIX", &prefix),
+            ("WINEDEBUG", "-all"),
+            ("REXEC_TOKEN", &local_token()),
+            // Wine's console writes to the pty in the locale's character set.
+            ("LC_ALL", "C.UTF-8"),
+        ],
+        &daemon.addr,
+        args,
+        24,
+        100,
+    );
+    terminal.keep_carriage_returns();
+    terminal
+}
+
+#[tokio::test]
+async fn a_console_shows_text_whatever_bytes_arrive() {
+    let daemon = Daemon::start();
+    // std refuses to write bytes that are not UTF-8 to a Windows console: the
+    // stray 0xff must become U+FFFD, not end rexec with an output error.
+    let mut terminal = console(
+        &daemon,
+        &["--", r"printf 'bad \377 byte\n'; echo end-$((6*7))"],
+    );
+    let shown = plain(&terminal.expect("end-42").await);
+    assert!(shown.contains("bad \u{fffd} byte"), "{shown:?}");
+    assert_eq!(terminal.exit_code().await, Some(0));
+    // --encoding on a console: GBK from the server reads as Chinese.
+    let mut terminal = console(&daemon, &["--encoding", "gbk", "--", GBK_NIHAO]);
+    terminal.expect("你好").await;
+    assert_eq!(terminal.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn repl_history_is_kept_under_appdata() {
+    let daemon = Daemon::start();
+    let marker = unique_marker("hist");
+    let wine = wine();
+    let prefix = wine.prefix.to_string_lossy().into_owned();
+    // An empty REXEC_HISTORY counts as unset: the Windows default is used.
+    let mut terminal = Terminal::spawn_program(
+        &wine.program.to_string_lossy(),
+        &[&rexec_exe().to_string_lossy()],
+        &[
+            ("WINEPREFIX", &prefix),
+            ("WINEDEBUG", "-all"),
+            ("REXEC_TOKEN", &local_token()),
+            ("REXEC_HISTORY", ""),
+        ],
+        &daemon.addr,
+        &[],
+        24,
+        100,
+    );
+    terminal.keep_carriage_returns();
+    terminal.expect("rexec>").await;
+    terminal.type_text(&format!("echo {marker}\r")).await;
+    terminal.expect(&format!("{marker}\r")).await;
+    terminal.type_text("quit\r").await;
+    assert_eq!(terminal.exit_code().await, Some(0));
+    // Wine's %APPDATA% is drive_c/users/USER/AppData/Roaming in the prefix.
+    let users = wine.prefix.join("drive_c/users");
+    let kept = std::fs::read_dir(&users)
+        .expect("the prefix's users")
+        .flatten()
+        .map(|user| user.path().join("AppData/Roaming/rexec/history"))
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .any(|history| history.contains(&format!("echo {marker}")));
+    assert!(kept, "no history with the line under {}", users.display());
+}
+
+/// What a screen shows: cursor-forward moves (`ESC[NC`) as N spaces, other
+/// escape sequences dropped.
+fn plain(screen: &str) -> String {
+    let mut shown = String::new();
+    let mut chars = screen.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            shown.push(c);
+            continue;
+        }
+        if chars.peek() != Some(&'[') {
+            continue;
+        }
+        chars.next();
+        let mut params = String::new();
+        while let Some(&p) = chars.peek() {
+            chars.next();
+            if p.is_ascii_alphabetic() || p == '~' {
+                if p == 'C' {
+                    let n = params.parse().unwrap_or(1);
+                    shown.extend(std::iter::repeat_n(' ', n));
+                }
+                break;
+            }
+            params.push(p);
+        }
+    }
+    shown
+}
