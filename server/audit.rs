@@ -30,6 +30,18 @@ pub struct AuditRecord {
     pid: u32,
 }
 
+/// A finished file transfer, for its audit line.
+pub struct Transfer<'a> {
+    pub caller: &'a Caller,
+    pub direction: &'static str,
+    pub path: &'a str,
+    pub entries: u64,
+    pub bytes: u64,
+    pub duration: std::time::Duration,
+    /// The status it failed with; `None` when it succeeded.
+    pub result: Option<&'a tonic::Status>,
+}
+
 impl AuditRecord {
     pub fn new(exec_id: &str, caller: &Caller, spec: &ExecSpec, pid: u32) -> Self {
         AuditRecord {
@@ -137,6 +149,26 @@ impl Audit {
             Termination::Signal(signal) => line["signal"] = json!(rexec::signals::name(signal)),
         }
         self.write(line);
+    }
+
+    /// One line per upload or download, when it ends: who, which way,
+    /// where, how much, and how it ended (`ok` or the status).
+    pub fn transfer(&self, transfer: &Transfer) {
+        let caller = transfer.caller;
+        self.write(json!({
+            "audit": "transfer",
+            "time": now(),
+            "peer": caller.peer,
+            "principal": caller.principal,
+            "listener": caller.listener,
+            "direction": transfer.direction,
+            "path": transfer.path,
+            "entries": transfer.entries,
+            "bytes": transfer.bytes,
+            "duration_ms": transfer.duration.as_millis() as u64,
+            "result": transfer.result.map_or_else(|| "OK".to_string(), |s| status_name(s.code())),
+            "error": transfer.result.map(|s| s.message()),
+        }));
     }
 
     fn write(&self, line: serde_json::Value) {

@@ -47,7 +47,7 @@ impl ExecSlots {
     pub fn try_acquire(&self) -> Result<OwnedSemaphorePermit, RunError> {
         self.semaphore.clone().try_acquire_owned().map_err(|_| {
             RunError::ResourceExhausted(format!(
-                "too many commands running: the server allows {} at once (rexecd --max-concurrent)",
+                "too many commands and transfers running: the server allows {} at once (rexecd --max-concurrent)",
                 self.max
             ))
         })

@@ -6,6 +6,7 @@ mod auth;
 mod config;
 mod connections;
 mod credentials;
+mod files;
 mod incoming;
 mod init;
 mod legacy;
@@ -30,6 +31,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use rexec::proto::files_server::FilesServer;
 use rexec::proto::remote_exec_server::RemoteExecServer;
 use tonic::codegen::InterceptedService;
 use tonic::transport::Server;
@@ -360,7 +362,7 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
             linger: args.linger,
             max_concurrent: args.max_concurrent as usize,
             max_output_bytes: (args.max_output > 0).then_some(args.max_output as u64),
-            run_as: security.run_as,
+            run_as: security.run_as.clone(),
             containment: security.containment,
         },
         security.audit,
@@ -431,6 +433,24 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
     // Credentials are checked from the headers, before a request body is read.
     let authenticator =
         Authenticator::new(security.credentials, audit.clone(), connections.clone());
+    let files = files::FilesService::new(
+        security.run_as,
+        runner.slots(),
+        shutdown.clone(),
+        audit.clone(),
+        memory.clone(),
+    )
+    .map_err(|e| format!("cannot read the working directory: {e}"))?;
+    let files_service = Tracked::new(
+        InterceptedService::new(
+            limits::RequestSizeStatus::new(
+                FilesServer::new(files).max_decoding_message_size(args.max_request_size),
+                audit.clone(),
+            ),
+            authenticator.clone(),
+        ),
+        &connections,
+    );
     let exec_service = Tracked::new(
         InterceptedService::new(
             limits::RequestSizeStatus::new(
@@ -450,6 +470,7 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RemoteExecServer<ExecService>>().await;
+    health.set_serving::<FilesServer<files::FilesService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(rexec::proto::FILE_DESCRIPTOR_SET)
@@ -468,6 +489,9 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
             shutdown.draining().await;
             health
                 .set_not_serving::<RemoteExecServer<ExecService>>()
+                .await;
+            health
+                .set_not_serving::<FilesServer<files::FilesService>>()
                 .await;
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -516,7 +540,8 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
             reflection_v1alpha,
             &connections,
         )))
-        .add_service(Measured::new(exec_service));
+        .add_service(Measured::new(exec_service))
+        .add_service(Measured::new(files_service));
     let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>>>> =
         match security.tls {
             Some(config) => {

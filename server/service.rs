@@ -70,7 +70,7 @@ impl RemoteExec for ExecService {
     type SessionStream = EventStream;
 
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<EventStream>, Status> {
-        let caller = self.caller(&request);
+        let caller = caller_of(&request);
         let started = async {
             self.admit()?;
             let deadline = deadline_of(request.metadata());
@@ -93,7 +93,7 @@ impl RemoteExec for ExecService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<EventStream>, Status> {
-        let caller = self.caller(&request);
+        let caller = caller_of(&request);
         let started = self.start_session(request, caller.clone()).await;
         self.audited(&caller, started)
     }
@@ -154,20 +154,20 @@ impl ExecService {
         }
         Ok(())
     }
+}
 
-    /// Who asked.
-    fn caller<T>(&self, request: &Request<T>) -> Caller {
-        Caller {
-            peer: request
-                .remote_addr()
-                .map_or_else(|| "unknown".into(), |a| a.to_string()),
-            // Set by the auth interceptor; absent when no credentials are required.
-            principal: request
-                .extensions()
-                .get::<crate::auth::Principal>()
-                .map_or_else(|| "anonymous".into(), |p| p.0.clone()),
-            listener: "grpc",
-        }
+/// Who sent a gRPC request: its peer, and the principal the auth
+/// interceptor found ("anonymous" when no credentials are required).
+pub fn caller_of<T>(request: &Request<T>) -> Caller {
+    Caller {
+        peer: request
+            .remote_addr()
+            .map_or_else(|| "unknown".into(), |a| a.to_string()),
+        principal: request
+            .extensions()
+            .get::<crate::auth::Principal>()
+            .map_or_else(|| "anonymous".into(), |p| p.0.clone()),
+        listener: "grpc",
     }
 }
 

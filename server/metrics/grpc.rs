@@ -18,7 +18,7 @@ use super::get;
 
 /// The methods rexecd serves, as (path, service, method, type). Labels come
 /// from here only: a path that is not listed is counted as `unknown`.
-const METHODS: [(&str, &str, &str, &str); 6] = [
+const METHODS: [(&str, &str, &str, &str); 8] = [
     (
         "/rexec.v1.RemoteExec/Exec",
         "rexec.v1.RemoteExec",
@@ -36,6 +36,18 @@ const METHODS: [(&str, &str, &str, &str); 6] = [
         "grpc.health.v1.Health",
         "Check",
         "unary",
+    ),
+    (
+        "/rexec.v1.Files/Upload",
+        "rexec.v1.Files",
+        "Upload",
+        "client_stream",
+    ),
+    (
+        "/rexec.v1.Files/Download",
+        "rexec.v1.Files",
+        "Download",
+        "server_stream",
     ),
     (
         "/grpc.health.v1.Health/Watch",

@@ -108,6 +108,11 @@ impl Runner {
         })
     }
 
+    /// The `--max-concurrent` slots, which file transfers share with execs.
+    pub fn slots(&self) -> ExecSlots {
+        self.slots.clone()
+    }
+
     /// Validates `spec`, spawns it in its own cgroup (or process group) and
     /// starts streaming. Nothing runs unless this returns `Ok`.
     ///
