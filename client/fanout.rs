@@ -6,10 +6,10 @@
 //! failed, were interrupted or not run.
 
 mod collector;
-mod files;
+pub mod files;
 pub mod fold;
 mod gather;
-mod hosts;
+pub mod hosts;
 mod lines;
 mod rollout;
 mod sink;

@@ -3,6 +3,8 @@
 
 mod bench;
 mod connect;
+#[cfg(unix)]
+mod cp;
 mod fanout;
 mod interrupt;
 mod legacy;
@@ -39,6 +41,7 @@ use crate::output::Output;
     override_usage = "rexec [OPTIONS] [--] WORDS...\n       \
                       rexec [OPTIONS]                  (a REPL: one command a line)\n       \
                       rexec -w NODESET [-x NODESET] [--] WORDS...   (many hosts)\n       \
+                      rexec [--addr A | -H ... | -w NODESET] cp [-r] [-p] SRC... DEST\n       \
                       rexec bench|nodes|completions ...",
     after_long_help = EXAMPLES,
     // Words that merely start like a subcommand stay a remote command: only
@@ -129,6 +132,20 @@ enum Tool {
     /// Print the hosts a NodeSet names, folded, with their count (`-e`
     /// expands, `-c` counts): `rexec nodes 'web[01-20]!web07'`.
     Nodes(nodes::NodesArgs),
+    /// Copy files and trees to and from hosts, as scp: `rexec --addr web1
+    /// cp -r site :/srv/www`; `rexec cp --help` for more.
+    Cp {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+/// The words around `cp` when it is the first word after rexec's flags.
+fn cp_words(args: &[std::ffi::OsString]) -> Option<(Vec<std::ffi::OsString>, Vec<std::ffi::OsString>)> {
+    #[cfg(unix)]
+    return cp::split(args, &mut Cli::command());
+    #[cfg(not(unix))]
+    return (args.get(1).is_some_and(|word| word == "cp")).then(Default::default);
 }
 
 /// Writes a completion script to stdout; an error (a closed pipe) is a failure, not a panic.
@@ -153,11 +170,24 @@ fn main() -> ExitCode {
     if words.next().is_some_and(|word| word == "--man-pages") {
         return man_pages::main(Cli::command(), words);
     }
+    let args: Vec<_> = std::env::args_os().collect();
+    if let Some((before, after)) = cp_words(&args) {
+        #[cfg(unix)]
+        return cp::main(before, after);
+        #[cfg(not(unix))]
+        {
+            let _ = (before, after);
+            eprintln!("rexec: cp is not available in the Windows client yet");
+            return ExitCode::from(rexec::ending::USAGE);
+        }
+    }
     let cli = Cli::parse();
     let ending = match cli.tool {
         Some(Tool::Completions { shell }) => print_completions(shell),
         Some(Tool::Bench(args)) => return bench::main(*args),
         Some(Tool::Nodes(args)) => nodes::main(&args),
+        // Taken before parsing, by `cp_words`.
+        Some(Tool::Cp { .. }) => Ending::usage("cp: unexpected arguments"),
         None => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -5,6 +5,8 @@
 pub mod address;
 pub mod client;
 pub mod ending;
+#[cfg(unix)]
+pub mod files;
 pub mod legacy;
 pub mod local_token;
 pub mod signals;

@@ -3,14 +3,10 @@
 //! on a thread of its own, as the `--run-as` user when there is one.
 //!
 //! - `identity`: the thread's filesystem identity.
-//! - `paths`: remote paths, entry paths, temporary names.
-//! - `upload`, `download`: one transfer each way.
-//! - `errors`: a failed file operation as a status.
+//! - `upload`: the thread's side of an upload; the file work itself is
+//!   `rexec::files`, shared with the CLI.
 
-mod download;
-mod errors;
 mod identity;
-mod paths;
 mod upload;
 
 use std::path::PathBuf;
@@ -30,7 +26,7 @@ use crate::memory::MemoryBudget;
 use crate::run_as::RunAs;
 use crate::service::{caller_of, status_from};
 use crate::shutdown::Shutdown;
-use upload::{Incoming, Upload};
+use upload::Incoming;
 
 /// Messages queued between the RPC and a transfer's thread, each way.
 const QUEUE: usize = 4;
@@ -105,11 +101,10 @@ impl Files for FilesService {
             self.shutdown.exec_tracker().token(),
         );
         identity::spawn_as(self.run_as.clone(), "rexec-upload", move |switched| {
-            let mut upload = Upload::new(base);
+            let mut summary = rexec::files::Received::default();
             let outcome = switched
                 .map_err(|e| Status::internal(format!("cannot switch user: {e}")))
-                .and_then(|()| upload.run(|| receiver.blocking_recv()));
-            let summary = upload.summary();
+                .and_then(|()| upload::run(&base, &mut summary, || receiver.blocking_recv()));
             audit.transfer(&Transfer {
                 caller: &caller,
                 direction: "upload",
@@ -194,24 +189,45 @@ impl Files for FilesService {
         identity::spawn_as(self.run_as.clone(), "rexec-download", move |switched| {
             let source = switched
                 .map_err(|e| Status::internal(format!("cannot switch user: {e}")))
-                .and_then(|()| download::prepare(&base, &request));
+                .and_then(|()| rexec::files::prepare(&base, &request.path, request.recursive));
             let source = match source {
                 Ok(source) => {
                     let _ = ready.send(Ok(()));
                     source
                 }
                 Err(status) => {
+                    audit.transfer(&Transfer {
+                        caller: &audit_caller,
+                        direction: "download",
+                        path: &request.path,
+                        entries: 0,
+                        bytes: 0,
+                        duration: started.elapsed(),
+                        result: Some(&status),
+                    });
                     let _ = ready.send(Err(status));
                     return;
                 }
             };
-            let mut download = download::Download::new(sender, stop);
-            let outcome = download.run(source);
-            let summary = &download.summary;
+            let path = source.path.display().to_string();
+            let mut summary = rexec::files::Sent::default();
+            // Waits for room in the queue: the client's pace sets the reading's.
+            let outcome = rexec::files::send(source, rexec::files::CHUNK, &mut summary, |piece| {
+                if stop.is_cancelled() {
+                    return Err(Status::unavailable("server is shutting down"));
+                }
+                sender
+                    .blocking_send(Ok(piece.into_download()))
+                    .map_err(|_| Status::cancelled("the client went away"))
+            });
+            if let Err(status) = &outcome {
+                // The client may be gone already; then nobody needs the status.
+                let _ = sender.blocking_send(Err(status.clone()));
+            }
             audit.transfer(&Transfer {
                 caller: &audit_caller,
                 direction: "download",
-                path: &summary.path,
+                path: &path,
                 entries: summary.entries,
                 bytes: summary.bytes,
                 duration: started.elapsed(),
@@ -223,14 +239,15 @@ impl Files for FilesService {
         .map_err(refused)?;
         match prepared.await {
             Ok(Ok(())) => Ok(Response::new(Box::pin(ReceiverStream::new(receiver)))),
-            Ok(Err(status)) => Err(refused(status)),
+            // Its transfer line is written.
+            Ok(Err(status)) => Err(status),
             Err(_) => Err(refused(Status::internal("the transfer thread ended"))),
         }
     }
 }
 
 fn answer(
-    outcome: Result<Result<upload::Summary, Status>, oneshot::error::RecvError>,
+    outcome: Result<Result<rexec::files::Received, Status>, oneshot::error::RecvError>,
 ) -> Result<Response<UploadResult>, Status> {
     match outcome {
         Ok(Ok(summary)) => Ok(Response::new(UploadResult {

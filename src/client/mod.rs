@@ -35,7 +35,9 @@ pub use events::{Event, Events, Output, SessionInput};
 pub use options::ClientOptions;
 pub use status::ExitStatus;
 
-use crate::proto::{self, remote_exec_client::RemoteExecClient, session_request};
+use crate::proto::{
+    self, files_client::FilesClient, remote_exec_client::RemoteExecClient, session_request,
+};
 use crate::tls_probe::TlsProbe;
 use crate::wrong_port::{self, Tried};
 
@@ -49,6 +51,8 @@ const SESSION_QUEUE: usize = 16;
 #[derive(Clone)]
 pub struct Client {
     inner: RemoteExecClient<Channel>,
+    /// The Files service, on the same connection.
+    files: FilesClient<Channel>,
     /// `Bearer TOKEN`, marked sensitive so it is never logged.
     authorization: Option<MetadataValue<Ascii>>,
     /// For TLS with a given CA: finds out why the server dropped a call.
@@ -137,7 +141,8 @@ impl Client {
             _ => None,
         };
         Ok(Client {
-            inner: RemoteExecClient::new(channel),
+            inner: RemoteExecClient::new(channel.clone()),
+            files: FilesClient::new(channel),
             authorization,
             tls_probe,
             addr: addr.as_str().into(),
@@ -237,6 +242,39 @@ impl Client {
                 addr: self.addr.clone(),
             },
         ))
+    }
+}
+
+/// File transfers (the `Files` service), on the same connection and credentials.
+impl Client {
+    /// Sends an upload: `messages` must start with `start`. Ends when the
+    /// server has put everything in place, or with its status.
+    pub async fn upload<S>(&mut self, messages: S) -> Result<proto::UploadResult, Error>
+    where
+        S: tokio_stream::Stream<Item = proto::UploadRequest> + Send + 'static,
+    {
+        let request = self.request(messages);
+        match self.files.upload(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.failed(status).await),
+        }
+    }
+
+    /// Starts a download; its messages are read from the stream returned.
+    pub async fn download(
+        &mut self,
+        request: proto::DownloadRequest,
+    ) -> Result<tonic::Streaming<proto::DownloadResponse>, Error> {
+        let request = self.request(request);
+        match self.files.download(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.failed(status).await),
+        }
+    }
+
+    /// The address as given, for messages.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 }
 

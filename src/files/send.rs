@@ -1,7 +1,7 @@
-//! One download, on its own thread (see `identity`): a file, or a tree
-//! walked a directory before what it holds, as entries, data chunks and
-//! digests. The stream to the client is a small bounded queue, so a slow
-//! client slows the reading, and rexecd holds a few chunks at most.
+//! The sending end of a transfer (rexecd for a download, rexec for an
+//! upload): a file, or a tree walked a directory before what it holds, as
+//! entries, data chunks and digests handed to `emit` one at a time, so the
+//! receiver's pace sets the reading's.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
@@ -9,51 +9,49 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
-use rexec::proto::{
-    DownloadRequest, DownloadResponse, FileEnd, FileEntry, FileType, download_response,
-};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::Piece;
 use super::errors::io_status;
 use super::paths::resolve;
+use crate::proto::{FileEnd, FileEntry, FileType};
 
 /// Bytes read from a file per data message.
 pub const CHUNK: usize = 512 * 1024;
 
-/// How a download went, for the audit line.
+/// How much was sent, for the audit line and the CLI's summary.
 #[derive(Debug, Default, Clone)]
-pub struct Summary {
-    pub path: String,
+pub struct Sent {
     pub entries: u64,
     pub bytes: u64,
     /// Sockets, FIFOs and devices in a tree, which are not sent.
     pub skipped: u64,
 }
 
-/// What was checked before anything is sent.
-pub struct Prepared {
-    path: PathBuf,
-    name: String,
+/// A source checked before anything is sent.
+pub struct Source {
+    pub path: PathBuf,
+    /// The name its entries are sent under (the first path component).
+    pub name: String,
     meta: fs::Metadata,
 }
 
-pub struct Download {
-    sender: mpsc::Sender<Result<DownloadResponse, Status>>,
-    stop: CancellationToken,
-    pub summary: Summary,
+impl Source {
+    pub fn is_dir(&self) -> bool {
+        self.meta.is_dir()
+    }
 }
 
-/// The source, with the statuses decided before any message: missing,
-/// unreadable, or a directory without `recursive`.
-pub fn prepare(base: &Path, request: &DownloadRequest) -> Result<Prepared, Status> {
-    if request.path.is_empty() {
-        return Err(Status::invalid_argument("the path to download is empty"));
+/// The source at `path` (resolved from `base`), with the errors decided
+/// before any message: missing, unreadable, or a directory without
+/// `recursive`. A symlink named here is followed, as cp and scp do.
+pub fn prepare(base: &Path, path: &str, recursive: bool) -> Result<Source, Status> {
+    if path.is_empty() {
+        return Err(Status::invalid_argument("the path to copy is empty"));
     }
-    let path = resolve(base, &request.path)?;
+    let path = resolve(base, path)?;
     let meta = fs::metadata(&path).map_err(|e| io_status(&e, "read", &path))?;
-    if meta.is_dir() && !request.recursive {
+    if meta.is_dir() && !recursive {
         return Err(Status::failed_precondition(format!(
             "{} is a directory (copy it recursively: cp -r)",
             path.display()
@@ -86,33 +84,33 @@ pub fn prepare(base: &Path, request: &DownloadRequest) -> Result<Prepared, Statu
     } else {
         fs::read_dir(&path).map_err(|e| io_status(&e, "read", &path))?;
     }
-    Ok(Prepared { path, name, meta })
+    Ok(Source { path, name, meta })
 }
 
-impl Download {
-    pub fn new(
-        sender: mpsc::Sender<Result<DownloadResponse, Status>>,
-        stop: CancellationToken,
-    ) -> Self {
-        Download {
-            sender,
-            stop,
-            summary: Summary::default(),
-        }
-    }
+/// Sends `source` whole through `emit`, in chunks of `chunk` bytes; `sent`
+/// counts as it goes, so a failed transfer still says how far it got.
+pub fn send(
+    source: Source,
+    chunk: usize,
+    sent: &mut Sent,
+    emit: impl FnMut(Piece) -> Result<(), Status>,
+) -> Result<(), Status> {
+    let mut sender = Sender {
+        emit,
+        chunk,
+        sent,
+    };
+    sender.send_source(source)
+}
 
-    /// Sends the whole source; an error ends the stream with its status.
-    pub fn run(&mut self, source: Prepared) -> Result<(), Status> {
-        self.summary.path = source.path.display().to_string();
-        let result = self.send_source(source);
-        if let Err(status) = &result {
-            // The client may be gone already; then nobody needs the status.
-            let _ = self.sender.blocking_send(Err(status.clone()));
-        }
-        result
-    }
+struct Sender<'a, E> {
+    emit: E,
+    chunk: usize,
+    sent: &'a mut Sent,
+}
 
-    fn send_source(&mut self, source: Prepared) -> Result<(), Status> {
+impl<E: FnMut(Piece) -> Result<(), Status>> Sender<'_, E> {
+    fn send_source(&mut self, source: Source) -> Result<(), Status> {
         if source.meta.is_file() {
             // Followed, as cp and scp follow a symlink named on the command line.
             return self.send_file(&source.name, &source.path, &source.meta, false);
@@ -154,7 +152,7 @@ impl Download {
                     link.link_target = target.to_string();
                     self.send_entry(link)?;
                 } else {
-                    self.summary.skipped += 1;
+                    self.sent.skipped += 1;
                 }
             }
             // Depth first, in name order.
@@ -182,7 +180,7 @@ impl Download {
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         let mut left = size;
         while left > 0 {
-            let want = CHUNK.min(left as usize);
+            let want = self.chunk.min(left as usize);
             let mut chunk = BytesMut::zeroed(want);
             let n = match file.read(&mut chunk) {
                 Ok(0) => {
@@ -198,27 +196,17 @@ impl Download {
             chunk.truncate(n);
             digest.update(&chunk);
             left -= n as u64;
-            self.summary.bytes += n as u64;
-            self.send(download_response::Event::Data(chunk.freeze()))?;
+            self.sent.bytes += n as u64;
+            (self.emit)(Piece::Data(chunk.freeze()))?;
         }
-        self.send(download_response::Event::End(FileEnd {
+        (self.emit)(Piece::End(FileEnd {
             sha256: bytes::Bytes::copy_from_slice(digest.finish().as_ref()),
         }))
     }
 
     fn send_entry(&mut self, entry: FileEntry) -> Result<(), Status> {
-        self.summary.entries += 1;
-        self.send(download_response::Event::Entry(entry))
-    }
-
-    /// Waits for room in the queue: the client's pace sets the reading's.
-    fn send(&self, event: download_response::Event) -> Result<(), Status> {
-        if self.stop.is_cancelled() {
-            return Err(Status::unavailable("server is shutting down"));
-        }
-        self.sender
-            .blocking_send(Ok(DownloadResponse { event: Some(event) }))
-            .map_err(|_| Status::cancelled("the client went away"))
+        self.sent.entries += 1;
+        (self.emit)(Piece::Entry(entry))
     }
 }
 
@@ -230,5 +218,47 @@ fn entry(path: &str, kind: FileType, meta: &fs::Metadata) -> FileEntry {
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         size: if kind == FileType::File { meta.len() } else { 0 },
         link_target: String::new(),
+        size_unknown: false,
     }
+}
+
+/// Sends what `reader` yields until its end as one regular file named
+/// `name`, of a size not known in advance (`rexec cp - :PATH`), mode 0644.
+pub fn send_stream(
+    name: &str,
+    mut reader: impl Read,
+    chunk: usize,
+    sent: &mut Sent,
+    mut emit: impl FnMut(Piece) -> Result<(), Status>,
+) -> Result<(), Status> {
+    let mtime_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    sent.entries += 1;
+    emit(Piece::Entry(FileEntry {
+        path: name.to_string(),
+        r#type: FileType::File.into(),
+        mode: 0o644,
+        mtime_ns,
+        size: 0,
+        link_target: String::new(),
+        size_unknown: true,
+    }))?;
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    loop {
+        let mut buffer = BytesMut::zeroed(chunk);
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Status::internal(format!("cannot read stdin: {e}"))),
+        };
+        buffer.truncate(n);
+        digest.update(&buffer);
+        sent.bytes += n as u64;
+        emit(Piece::Data(buffer.freeze()))?;
+    }
+    emit(Piece::End(FileEnd {
+        sha256: bytes::Bytes::copy_from_slice(digest.finish().as_ref()),
+    }))
 }
