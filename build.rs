@@ -12,6 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.bytes(["."]);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("rexec_descriptor.bin"))
-        .compile_with_config(config, &["proto/rexec/v1/rexec.proto", "proto/rexec/v1/files.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &["proto/rexec/v1/rexec.proto", "proto/rexec/v1/files.proto"],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -135,13 +135,19 @@ enum Tool {
     /// Copy files and trees to and from hosts, as scp: `rexec --addr web1
     /// cp -r site :/srv/www`; `rexec cp --help` for more.
     Cp {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
         args: Vec<std::ffi::OsString>,
     },
 }
 
 /// The words around `cp` when it is the first word after rexec's flags.
-fn cp_words(args: &[std::ffi::OsString]) -> Option<(Vec<std::ffi::OsString>, Vec<std::ffi::OsString>)> {
+fn cp_words(
+    args: &[std::ffi::OsString],
+) -> Option<(Vec<std::ffi::OsString>, Vec<std::ffi::OsString>)> {
     #[cfg(unix)]
     return cp::split(args, &mut Cli::command());
     #[cfg(not(unix))]

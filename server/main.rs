@@ -470,7 +470,9 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RemoteExecServer<ExecService>>().await;
-    health.set_serving::<FilesServer<files::FilesService>>().await;
+    health
+        .set_serving::<FilesServer<files::FilesService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(rexec::proto::FILE_DESCRIPTOR_SET)

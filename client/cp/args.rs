@@ -91,7 +91,10 @@ Examples:
 /// When `cp` is the first word after rexec's own flags, the flags before it
 /// and the words after it. `command` is rexec's clap definition, which
 /// says which flags take a value (that value is never taken for `cp`).
-pub fn split(args: &[OsString], command: &mut clap::Command) -> Option<(Vec<OsString>, Vec<OsString>)> {
+pub fn split(
+    args: &[OsString],
+    command: &mut clap::Command,
+) -> Option<(Vec<OsString>, Vec<OsString>)> {
     command.build();
     let takes_value = |found: Option<&clap::Arg>| found.map(|arg| arg.get_action().takes_values());
     let mut i = 1;
@@ -105,16 +108,19 @@ pub fn split(args: &[OsString], command: &mut clap::Command) -> Option<(Vec<OsSt
                 Some((name, _)) => (name, true),
                 None => (long, false),
             };
-            let arg = command
-                .get_arguments()
-                .find(|arg| arg.get_long() == Some(name) || arg.get_all_aliases().is_some_and(|a| a.contains(&name)));
+            let arg = command.get_arguments().find(|arg| {
+                arg.get_long() == Some(name)
+                    || arg.get_all_aliases().is_some_and(|a| a.contains(&name))
+            });
             i += if takes_value(arg)? && !inline { 2 } else { 1 };
             continue;
         }
         if let Some(shorts) = word.strip_prefix('-').filter(|s| !s.is_empty()) {
             let mut skip = 1;
             for (at, short) in shorts.char_indices() {
-                let arg = command.get_arguments().find(|arg| arg.get_short() == Some(short));
+                let arg = command
+                    .get_arguments()
+                    .find(|arg| arg.get_short() == Some(short));
                 if takes_value(arg)? {
                     // The value is the rest of this word, or the next word.
                     if at + short.len_utf8() == shorts.len() {

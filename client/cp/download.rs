@@ -25,7 +25,10 @@ const QUEUE: usize = 8;
 #[derive(Clone)]
 enum Target {
     /// A local path, placed as cp places it.
-    Path { base: PathBuf, dest: String },
+    Path {
+        base: PathBuf,
+        dest: String,
+    },
     Stdout,
 }
 
@@ -82,7 +85,9 @@ pub async fn run(plan: &Plan, options: &ClientOptions, sources: &[String], dest:
     }
     let mut outcomes: Vec<Option<Outcome>> = plan.hosts.iter().map(|_| None).collect();
     while let Some(joined) = calls.join_next().await {
-        let Ok((index, result)) = joined else { continue };
+        let Ok((index, result)) = joined else {
+            continue;
+        };
         outcomes[index] = Some((plan.hosts[index].name.clone(), result));
     }
     progress.finish();

@@ -138,7 +138,11 @@ pub fn finish(outcomes: &[Outcome], fleet: bool) -> Ending {
     }
     eprint!("{text}");
     let unreachable = failed.iter().any(|(_, f)| matches!(f, Failure::Host(_)));
-    Ending::Remote(ExitStatus::exited(if unreachable { FAILED.into() } else { 1 }))
+    Ending::Remote(ExitStatus::exited(if unreachable {
+        FAILED.into()
+    } else {
+        1
+    }))
 }
 
 /// `3 entries, 1.5 MiB` for a host's line.

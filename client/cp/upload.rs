@@ -102,7 +102,9 @@ pub async fn run(plan: &Plan, options: &ClientOptions, sources: &[String], dest:
     drop(senders);
     let mut outcomes: Vec<Option<Outcome>> = plan.hosts.iter().map(|_| None).collect();
     while let Some(joined) = calls.join_next().await {
-        let Ok((index, result)) = joined else { continue };
+        let Ok((index, result)) = joined else {
+            continue;
+        };
         let outcome = result
             .map(|done| {
                 format!(
@@ -146,9 +148,13 @@ fn send_all(
     for local in locals {
         let result = match local {
             Local::Path(source) => files::send(source, files::CHUNK, sent, &mut emit),
-            Local::Stdin => {
-                files::send_stream("stdin", std::io::stdin().lock(), files::CHUNK, sent, &mut emit)
-            }
+            Local::Stdin => files::send_stream(
+                "stdin",
+                std::io::stdin().lock(),
+                files::CHUNK,
+                sent,
+                &mut emit,
+            ),
         };
         match result {
             // The calls have ended on their own; their outcomes say why.
@@ -185,4 +191,3 @@ fn tree_size(path: &std::path::Path) -> u64 {
     }
     total
 }
-

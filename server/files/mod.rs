@@ -14,7 +14,9 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use rexec::proto::files_server::Files;
-use rexec::proto::{DownloadRequest, DownloadResponse, UploadRequest, UploadResult, upload_request};
+use rexec::proto::{
+    DownloadRequest, DownloadResponse, UploadRequest, UploadResult, upload_request,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;

@@ -53,12 +53,21 @@ mod tests {
 
     #[test]
     fn os_errors_map_to_the_documented_codes() {
-        let status = |errno| io_status(&io::Error::from_raw_os_error(errno), "create", Path::new("/x"));
+        let status = |errno| {
+            io_status(
+                &io::Error::from_raw_os_error(errno),
+                "create",
+                Path::new("/x"),
+            )
+        };
         assert_eq!(status(libc::ENOSPC).code(), Code::ResourceExhausted);
         assert_eq!(status(libc::EACCES).code(), Code::PermissionDenied);
         assert_eq!(status(libc::ENOENT).code(), Code::NotFound);
         assert_eq!(status(libc::EEXIST).code(), Code::AlreadyExists);
         assert_eq!(status(libc::ENOTDIR).code(), Code::FailedPrecondition);
-        assert_eq!(status(libc::EACCES).message(), "cannot create /x: permission denied");
+        assert_eq!(
+            status(libc::EACCES).message(),
+            "cannot create /x: permission denied"
+        );
     }
 }

@@ -430,7 +430,6 @@ impl Receiver {
         self.created.clear();
         Ok(())
     }
-
 }
 
 /// A receiver dropped before `finish` succeeded (an error, a transfer cut

@@ -95,11 +95,7 @@ pub fn send(
     sent: &mut Sent,
     emit: impl FnMut(Piece) -> Result<(), Status>,
 ) -> Result<(), Status> {
-    let mut sender = Sender {
-        emit,
-        chunk,
-        sent,
-    };
+    let mut sender = Sender { emit, chunk, sent };
     sender.send_source(source)
 }
 
@@ -216,7 +212,11 @@ fn entry(path: &str, kind: FileType, meta: &fs::Metadata) -> FileEntry {
         r#type: kind.into(),
         mode: meta.mode() & 0o7777,
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        size: if kind == FileType::File { meta.len() } else { 0 },
+        size: if kind == FileType::File {
+            meta.len()
+        } else {
+            0
+        },
         link_target: String::new(),
         size_unknown: false,
     }
