@@ -6,7 +6,7 @@
 # medians with ratios to ssh, to the relay and to the local floor; see
 # BENCHMARKS.md for what each figure means and what limits it.
 #
-# Usage: bench/compare.sh            (about 6 minutes; RUNS=N for more runs,
+# Usage: bench/compare.sh            (about 8 minutes; RUNS=N for more runs,
 #                                    FIGURES="a e" for some figures only)
 #
 # Everything listens on 127.0.0.1 only. Installs openssh-server with apt-get
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-5}
-FIGURES=${FIGURES:-a b c d e}
+FIGURES=${FIGURES:-a b c d e f}
 wants() { [[ " $FIGURES " == *" $1 "* ]]; }
 MEASURE="python3 bench/measure.py"
 GIB=$((1 << 30))
@@ -214,6 +214,33 @@ for _ in $(seq 3); do
   record rate "rexec grpc" "$("$REXEC" bench --addr "$GRPC" -c 64 --duration 3s --json -- true | bench_field execs_per_sec)"
   record rate "rexec legacy" "$("$REXEC" bench --legacy --addr "$LEGACY" -c 64 --duration 3s --json -- true | bench_field execs_per_sec)"
 done
+
+fi
+
+# --- (f) 1 GiB file up and down ------------------------------------------------
+if wants f; then
+note "(f) 1 GiB file copy, $RUNS rounds of one run per system"
+# A random file (zeros would flatter nothing here, but random is honest), on
+# the same disk for every system; each copy replaces the one before. `ssh` is
+# scp with its default cipher on a fresh connection (scp opens its own).
+head -c $GIB /dev/urandom >"$WORK/copy.bin"
+mkdir -p "$WORK/down"
+SCP=(scp -q -F "$WORK/ssh_config" -o ControlPath=none)
+for _ in $(seq "$RUNS"); do
+  record copy-up local "$($MEASURE times 1 -- cp "$WORK/copy.bin" "$WORK/up-local.bin" | to_mbps)"
+  record copy-up ssh "$($MEASURE times 1 -- "${SCP[@]}" "$WORK/copy.bin" "bench:$WORK/up-scp.bin" | to_mbps)"
+  record copy-up "rexec cp" "$($MEASURE times 1 -- "$REXEC" --addr "$GRPC" cp "$WORK/copy.bin" ":$WORK/up-cp.bin" | to_mbps)"
+  record copy-up "rexec -- 'cat > f' < f" "$($MEASURE times 1 -- sh -c "exec \"\$0\" --addr $GRPC -- 'cat > $WORK/up-cat.bin' < $WORK/copy.bin" "$REXEC" | to_mbps)"
+  record copy-down local "$($MEASURE times 1 -- cp "$WORK/up-local.bin" "$WORK/down/local.bin" | to_mbps)"
+  record copy-down ssh "$($MEASURE times 1 -- "${SCP[@]}" "bench:$WORK/up-scp.bin" "$WORK/down/scp.bin" | to_mbps)"
+  record copy-down "rexec cp" "$($MEASURE times 1 -- "$REXEC" --addr "$GRPC" cp ":$WORK/up-cp.bin" "$WORK/down/cp.bin" | to_mbps)"
+  record copy-down "rexec -- cat f > f" "$($MEASURE times 1 -- sh -c "exec \"\$0\" --addr $GRPC -- cat $WORK/up-cat.bin > $WORK/down/cat.bin" "$REXEC" | to_mbps)"
+done
+want=$(sha256sum <"$WORK/copy.bin")
+for copy in up-local up-scp up-cp up-cat down/local down/scp down/cp down/cat; do
+  [[ $(sha256sum <"$WORK/$copy.bin") == "$want" ]] || { note "$copy.bin differs from the original"; exit 1; }
+done
+rm -f "$WORK"/*.bin "$WORK"/down/*.bin
 
 fi
 

@@ -131,6 +131,8 @@ FIGURES = [
     ('oneshot', '(c) one-shot CLI `true`', 'ms', False),
     ('rate', '(d) execs/s at c=64', 'execs/s', True),
     ('rss', '(e) server RSS, 1,000 sessions of `sleep 60`', 'MiB', False),
+    ('copy-up', '(f) 1 GiB file copied to the server', 'MB/s', True),
+    ('copy-down', '(f) 1 GiB file copied from the server', 'MB/s', True),
 ]
 
 

@@ -193,7 +193,10 @@ fn main() -> ExitCode {
         Some(Tool::Bench(args)) => return bench::main(*args),
         Some(Tool::Nodes(args)) => nodes::main(&args),
         // Taken before parsing, by `cp_words`.
-        Some(Tool::Cp { .. }) => Ending::usage("cp: unexpected arguments"),
+        Some(Tool::Cp { .. }) => Ending::usage(match cfg!(unix) {
+            true => "cp: unexpected arguments",
+            false => "cp is not available in the Windows client yet",
+        }),
         None => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -60,6 +60,7 @@ fn python_stubs() -> &'static Path {
             .arg(format!("--python_out={}", out.display()))
             .arg(format!("--grpc_python_out={}", out.display()))
             .arg(proto.join("rexec/v1/rexec.proto"))
+            .arg(proto.join("rexec/v1/files.proto"))
             .output()
             .expect("run grpc_tools.protoc");
         assert!(
@@ -76,6 +77,16 @@ fn python_client(args: &[&str]) -> Command {
     let mut command = Command::new(venv().join("bin/python"));
     command
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/rexec_client.py"))
+        .args(args)
+        .env("REXEC_PY_STUBS", python_stubs());
+    command
+}
+
+/// `python examples/python/rexec_upload.py ARGS...` with the generated stubs.
+fn python_upload(args: &[&str]) -> Command {
+    let mut command = Command::new(venv().join("bin/python"));
+    command
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/rexec_upload.py"))
         .args(args)
         .env("REXEC_PY_STUBS", python_stubs());
     command
@@ -177,6 +188,105 @@ fn grpcurl_describe_shows_proto_comments() {
     assert!(
         described.contains("// Command line run by the server's shell"),
         "comments missing: {described}"
+    );
+}
+
+#[test]
+fn grpcurl_lists_and_describes_the_files_service() {
+    let daemon = Daemon::start();
+    let out = run(grpcurl().args(["-plaintext", &daemon.addr, "list"]), b"");
+    assert!(
+        text(&out.stdout).lines().any(|s| s == "rexec.v1.Files"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(
+        grpcurl().args(["-plaintext", &daemon.addr, "describe", "rexec.v1.Files"]),
+        b"",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let described = text(&out.stdout);
+    for wanted in [
+        "rpc Upload ( stream .rexec.v1.UploadRequest ) returns ( .rexec.v1.UploadResult );",
+        "rpc Download ( .rexec.v1.DownloadRequest ) returns ( stream .rexec.v1.DownloadResponse );",
+        "// Upload sends files into the server host",
+    ] {
+        assert!(
+            described.contains(wanted),
+            "{wanted:?} missing: {described}"
+        );
+    }
+}
+
+#[test]
+fn grpcurl_downloads_a_file_as_entry_data_and_digest() {
+    let dir = scratch_dir("grpcurl-download");
+    std::fs::write(dir.join("hello.txt"), "hello from rexecd\n").unwrap();
+    let daemon = Daemon::start();
+    let request = format!(r#"{{"path": "{}"}}"#, dir.join("hello.txt").display());
+    let out = run(
+        grpcurl().args([
+            "-plaintext",
+            "-d",
+            &request,
+            &daemon.addr,
+            "rexec.v1.Files/Download",
+        ]),
+        b"",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let messages = json_messages(&out.stdout);
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert_eq!(messages[0]["entry"]["path"], "hello.txt");
+    assert_eq!(messages[0]["entry"]["type"], "FILE_TYPE_FILE");
+    let data = base64_decode(messages[1]["data"].as_str().unwrap());
+    assert_eq!(data, b"hello from rexecd\n");
+    let digest = base64_decode(messages[2]["end"]["sha256"].as_str().unwrap());
+    assert_eq!(digest.len(), 32);
+}
+
+#[test]
+fn python_client_uploads_a_tree_through_the_files_api() {
+    let dir = scratch_dir("py-upload");
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("sub/empty")).unwrap();
+    std::fs::write(tree.join("a.txt"), "a\n").unwrap();
+    std::fs::write(tree.join("sub/b.bin"), vec![7u8; 3 << 20]).unwrap();
+    std::os::unix::fs::symlink("../a.txt", tree.join("sub/link")).unwrap();
+    let remote = scratch_dir("py-upload-remote");
+    let daemon = Daemon::start();
+    let out = run(
+        &mut python_upload(&[
+            &daemon.addr,
+            tree.to_str().unwrap(),
+            &format!("{}/", remote.display()),
+        ]),
+        b"",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("6 entries, 3145730 bytes to "),
+        "{}",
+        text(&out.stdout)
+    );
+    let diff = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&tree)
+        .arg(remote.join("tree"))
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "{}", text(&diff.stdout));
+
+    // Refused uploads are the server's status, and nothing is written.
+    let out = run(
+        &mut python_upload(&[&daemon.addr, tree.to_str().unwrap(), "/no/such/dir/tree"]),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("NOT_FOUND"),
+        "{}",
+        text(&out.stderr)
     );
 }
 

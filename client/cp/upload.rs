@@ -21,7 +21,7 @@ const QUEUE: usize = 8;
 
 /// A source: a checked local path, or stdin for `-`.
 enum Local {
-    Path(files::Source),
+    Path(Box<files::Source>),
     Stdin,
 }
 
@@ -41,7 +41,7 @@ pub async fn run(plan: &Plan, options: &ClientOptions, sources: &[String], dest:
             continue;
         }
         match files::prepare(&cwd, source, plan.recursive) {
-            Ok(prepared) => locals.push(Local::Path(prepared)),
+            Ok(prepared) => locals.push(Local::Path(Box::new(prepared))),
             Err(status) => {
                 eprintln!("rexec: {}", status.message());
                 return Ending::Remote(rexec::client::ExitStatus::exited(1));
@@ -147,7 +147,7 @@ fn send_all(
     };
     for local in locals {
         let result = match local {
-            Local::Path(source) => files::send(source, files::CHUNK, sent, &mut emit),
+            Local::Path(source) => files::send(*source, files::CHUNK, sent, &mut emit),
             Local::Stdin => files::send_stream(
                 "stdin",
                 std::io::stdin().lock(),

@@ -110,7 +110,11 @@ impl Files for FilesService {
             audit.transfer(&Transfer {
                 caller: &caller,
                 direction: "upload",
-                path: &summary.destination,
+                // Where the entries went once placed; the destination asked before.
+                path: match summary.path.is_empty() {
+                    true => &summary.destination,
+                    false => &summary.path,
+                },
                 entries: summary.entries,
                 bytes: summary.bytes,
                 duration: started.elapsed(),
