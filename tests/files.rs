@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{Daemon, eventually, output_within, random_file, scratch_dir, sha256_file};
 use rexec::proto::files_client::FilesClient;
 use rexec::proto::{
-    FileEnd, FileEntry, FileType, UploadRequest, UploadStart, upload_request::Event,
+    FileEnd, FileEntry, FileType, UploadCommit, UploadRequest, UploadStart, upload_request::Event,
 };
 use tonic::Code;
 
@@ -535,6 +535,12 @@ fn end(sha256: &[u8]) -> UploadRequest {
     }
 }
 
+fn commit() -> UploadRequest {
+    UploadRequest {
+        event: Some(Event::Commit(UploadCommit {})),
+    }
+}
+
 fn sha256(bytes: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, bytes)
         .as_ref()
@@ -564,6 +570,7 @@ async fn a_wrong_digest_is_data_loss_and_nothing_is_kept() {
         entry("x.bin", FileType::File, 5),
         data(b"hello"),
         end(&sha256(b"hello")),
+        commit(),
     ];
     let result = client
         .upload(tokio_stream::iter(messages))
@@ -634,6 +641,21 @@ async fn messages_out_of_order_or_paths_that_escape_are_refused_and_write_nothin
             .concat(),
             Code::InvalidArgument,
         ),
+        // A whole tree whose stream ends cleanly without commit, as a
+        // client that failed midway may close it: nothing is kept.
+        (
+            [
+                vec![start(""), entry("whole", FileType::Directory, 0)],
+                file("whole/f"),
+            ]
+            .concat(),
+            Code::Cancelled,
+        ),
+        // Anything after commit.
+        (
+            [vec![start("")], file("late"), vec![commit()], file("later")].concat(),
+            Code::InvalidArgument,
+        ),
         // Merging into an existing symlink that points elsewhere.
         (
             [
@@ -659,7 +681,7 @@ async fn messages_out_of_order_or_paths_that_escape_are_refused_and_write_nothin
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 
     // The daemon still serves.
-    let messages = [vec![start("")], file("fine")].concat();
+    let messages = [vec![start("")], file("fine"), vec![commit()]].concat();
     client.upload(tokio_stream::iter(messages)).await.unwrap();
     assert_eq!(std::fs::read(remote.join("fine")).unwrap(), b"x");
 }

@@ -1,13 +1,13 @@
 //! Local files to every host at once. The sources are walked and read once,
 //! on one thread; each piece goes to every host's call in turn, so the
-//! slowest host sets the pace and memory stays a few chunks per host. A
-//! local error cancels every call (the servers then remove what they made)
-//! rather than ending the uploads, which would put a partial tree in place.
+//! slowest host sets the pace and memory stays a few chunks per host. Only
+//! a complete read ends with `commit`: a local error cancels every call, and
+//! a server whose stream ends without `commit` removes what it made.
 
 use rexec::client::{Client, ClientOptions};
 use rexec::ending::Ending;
 use rexec::files::{self, Piece, Sent};
-use rexec::proto::{UploadRequest, UploadStart, upload_request};
+use rexec::proto::{UploadCommit, UploadRequest, UploadStart, upload_request};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
@@ -92,7 +92,7 @@ pub async fn run(plan: &Plan, options: &ClientOptions, sources: &[String], dest:
         Err(e) => return Ending::failed(format!("the reading thread failed: {e}")),
     };
     if let Err(status) = read {
-        // Cancel before the senders go: their end would finish the uploads.
+        // No commit went out, so no server keeps anything.
         calls.shutdown().await;
         drop(senders);
         progress.finish();
@@ -161,6 +161,14 @@ fn send_all(
             Err(status) if status.code() == tonic::Code::Cancelled => return Ok(()),
             other => other?,
         }
+    }
+    // Only now may the servers put the upload in place.
+    let commit = UploadRequest {
+        event: Some(upload_request::Event::Commit(UploadCommit {})),
+    };
+    for sender in senders.iter().flatten() {
+        // A host whose call has ended reports why in its outcome.
+        let _ = sender.blocking_send(commit.clone());
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ def file_messages(path, rel):
 
 
 def upload_messages(local, remote):
-    """`start`, then every entry in walk order, a directory before its contents."""
+    """`start`, every entry in walk order (a directory before its contents), `commit`."""
     yield files_pb2.UploadRequest(start=files_pb2.UploadStart(destination=remote))
     top = os.path.basename(os.path.normpath(local))
     yield from file_messages(local, top)
@@ -73,6 +73,8 @@ def upload_messages(local, remote):
             for name in dirnames + sorted(filenames):
                 rel = os.path.normpath(os.path.join(base, name))
                 yield from file_messages(os.path.join(dirpath, name), rel)
+    # Without it rexecd keeps nothing: a closed stream alone is not "done".
+    yield files_pb2.UploadRequest(commit=files_pb2.UploadCommit())
 
 
 def main(argv):

@@ -13,14 +13,14 @@ use crate::memory::Reservation;
 pub enum Incoming {
     /// The next client message, with the memory it holds until written.
     Message(UploadRequest, Reservation),
-    /// The client half-closed: every message has arrived.
+    /// The client half-closed: no message follows.
     Finish,
 }
 
-/// Receives messages until `Finish`, then puts everything in place.
-/// `next` running dry first (the client cut off, the server stopping)
-/// drops the receiver, which removes what it made. `summary` says how far
-/// it got, for the audit line.
+/// Receives messages until `commit` and `Finish`, then puts everything in
+/// place. `Finish` without `commit`, or `next` running dry first (the
+/// client cut off, the server stopping), drops the receiver, which removes
+/// what it made. `summary` says how far it got, for the audit line.
 pub fn run(
     base: &Path,
     summary: &mut Received,
@@ -48,16 +48,33 @@ pub fn run(
         start.preserve,
         start.exact,
     )?;
+    let mut committed = false;
     loop {
         *summary = receiver.summary().clone();
         let (request, held) = match next().ok_or_else(cut_off)? {
             Incoming::Message(request, held) => (request, held),
+            // A stream that ends without `commit` may be a client that
+            // failed midway and closed cleanly: keep nothing.
+            Incoming::Finish if !committed => {
+                return Err(Status::cancelled(
+                    "the upload ended before commit; nothing was kept",
+                ));
+            }
             Incoming::Finish => break,
         };
+        if committed {
+            return Err(Status::invalid_argument(
+                "only the end of the stream may follow commit",
+            ));
+        }
         let piece = match request.event {
             Some(upload_request::Event::Entry(entry)) => Piece::Entry(entry),
             Some(upload_request::Event::Data(data)) => Piece::Data(data),
             Some(upload_request::Event::End(end)) => Piece::End(end),
+            Some(upload_request::Event::Commit(_)) => {
+                committed = true;
+                continue;
+            }
             Some(upload_request::Event::Start(_)) => {
                 return Err(Status::invalid_argument(
                     "start may only be the first upload message",
