@@ -14,7 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("rexec_descriptor.bin"))
         .compile_with_config(
             config,
-            &["proto/rexec/v1/rexec.proto", "proto/rexec/v1/files.proto"],
+            &[
+                "proto/rexec/v1/rexec.proto",
+                "proto/rexec/v1/files.proto",
+                "proto/rexec/v1/nats.proto",
+            ],
             &["proto"],
         )?;
     Ok(())

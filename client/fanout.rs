@@ -152,8 +152,18 @@ pub enum Mode {
     },
 }
 
+/// How each host is reached.
+#[derive(Clone)]
+pub enum Transport {
+    /// A gRPC connection to each host's address.
+    Grpc,
+    /// Through a NATS broker, to the agent of each host's name.
+    Nats(Arc<crate::nats::exec::Bus>),
+}
+
 /// What every host runs, and how.
 pub struct Job {
+    transport: Transport,
     command: Command,
     options: ClientOptions,
     mode: Mode,
@@ -178,6 +188,7 @@ struct Plan {
 /// 130 after Ctrl-C.
 pub async fn run(
     fleet: &FleetArgs,
+    transport: Transport,
     options: &ClientOptions,
     command: Command,
     stdin: bool,
@@ -231,6 +242,7 @@ pub async fn run(
         None => None,
     };
     let job = Arc::new(Job {
+        transport,
         command,
         options: options.clone(),
         mode,
@@ -244,7 +256,11 @@ pub async fn run(
         batch: fleet.batch,
         max_failures: fleet.max_failures.map(|k| k as usize),
     };
-    run_fleet(hosts, job, plan).await
+    let ending = run_fleet(hosts, job.clone(), plan).await;
+    if let Transport::Nats(bus) = &job.transport {
+        bus.settle().await;
+    }
+    ending
 }
 
 /// Local stdin, read once for every host, up to [`MAX_STDIN_BYTES`].
@@ -503,13 +519,7 @@ async fn exec_on(
         Some(dir) => Some(dir.open(&host.name).map_err(Stop::Failed)?),
         None => None,
     };
-    // The whole handshake, not only the TCP connect, must fit the timeout: a
-    // host that accepts and then says nothing must not hold a permit forever.
-    let timeout = job.options.connect_timeout;
-    let mut client = tokio::time::timeout(timeout, Client::connect(&host.addr, &job.options))
-        .await
-        .map_err(|_| Stop::Failed(format!("cannot connect to {}: timed out", host.addr)))??;
-    let mut events = client.exec(job.command.clone()).await?;
+    let mut events = Source::open(host, job).await?;
     while let Some(event) = events.next().await? {
         let (stream, bytes) = match event {
             Event::Stdout(bytes) => (Stream::Stdout, bytes),
@@ -524,4 +534,48 @@ async fn exec_on(
         collector.push(stream, &bytes, sender).await?;
     }
     Err(Stop::Failed("no exit status".into()))
+}
+
+/// One host's events, over either transport.
+enum Source {
+    Grpc {
+        /// Kept for as long as its call's stream.
+        _client: Box<Client>,
+        events: rexec::client::Events,
+    },
+    Nats(crate::nats::exec::Exec),
+}
+
+impl Source {
+    async fn open(host: &Host, job: &Job) -> Result<Source, Stop> {
+        let timeout = job.options.connect_timeout;
+        match &job.transport {
+            Transport::Grpc => {
+                // The whole handshake, not only the TCP connect, must fit the
+                // timeout: a host that accepts and then says nothing must not
+                // hold a permit forever.
+                let mut client =
+                    tokio::time::timeout(timeout, Client::connect(&host.addr, &job.options))
+                        .await
+                        .map_err(|_| {
+                            Stop::Failed(format!("cannot connect to {}: timed out", host.addr))
+                        })??;
+                let events = client.exec(job.command.clone()).await?;
+                Ok(Source::Grpc {
+                    _client: Box::new(client),
+                    events,
+                })
+            }
+            Transport::Nats(bus) => Ok(Source::Nats(
+                bus.exec(&host.name, &job.command, timeout).await?,
+            )),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Event>, rexec::client::Error> {
+        match self {
+            Source::Grpc { events, .. } => events.next().await,
+            Source::Nats(exec) => exec.next().await,
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod fanout;
 mod interrupt;
 mod legacy;
 mod man_pages;
+mod nats;
 mod nodes;
 mod output;
 mod quote;
@@ -100,6 +101,9 @@ struct Cli {
     #[command(flatten)]
     fleet: fanout::FleetArgs,
 
+    #[command(flatten)]
+    nats: nats::NatsArgs,
+
     #[command(subcommand)]
     tool: Option<Tool>,
 }
@@ -113,6 +117,7 @@ Examples:
   rexec --addr https://web1:50051 --ca ca.pem -- id
   rexec -w 'web[01-20]' -x web07 -- systemctl is-active nginx
   rexec nodes @web                                 the hosts a group names
+  rexec --nats nats://broker:4222 --discover       the agents on a NATS broker
   rexec bench -c 64 -n 10000 -- true
 
 The manual is README.md, beside rexec's source.";
@@ -231,6 +236,36 @@ async fn run(cli: Cli) -> Ending {
     if let Some(timeout) = cli.timeout {
         command = command.timeout(timeout);
     }
+    if let Some(servers) = &cli.nats.nats {
+        let timeout = cli.connect.connect_timeout;
+        let client = match nats::connect(&servers.0, cli.nats.nats_creds.as_deref(), timeout).await
+        {
+            Ok(client) => client,
+            Err(ending) => return ending,
+        };
+        if let Some(nodeset) = &cli.nats.discover {
+            return nats::discover::run(&client, nodeset.as_deref(), timeout).await;
+        }
+        if !cli.fleet.wanted() {
+            return Ending::usage(
+                "--nats needs the agents' names (-w NODESET) or --discover: \
+                 rexec --nats URL -w 'web[01-20]' -- uptime",
+            );
+        }
+        // A token goes on the bus only when given: never the local one.
+        let token = match cli.connect.options() {
+            Ok(options) => options.token,
+            Err(ending) => return ending,
+        };
+        let bus = nats::exec::Bus::new(client, token, cli.fleet.parallel as usize);
+        let options = rexec::client::ClientOptions {
+            connect_timeout: timeout,
+            ..Default::default()
+        };
+        let stdin = !cli.no_stdin && !std::io::stdin().is_terminal();
+        let transport = fanout::Transport::Nats(std::sync::Arc::new(bus));
+        return fanout::run(&cli.fleet, transport, &options, command, stdin, encoding).await;
+    }
     if cli.legacy {
         let (addr, timeout) = (&cli.connect.addr, cli.connect.connect_timeout);
         let ending = legacy::run(addr, timeout, &command, !cli.no_stdin, &mut output).await;
@@ -242,7 +277,8 @@ async fn run(cli: Cli) -> Ending {
     };
     if cli.fleet.wanted() {
         let stdin = !cli.no_stdin && !std::io::stdin().is_terminal();
-        return fanout::run(&cli.fleet, &options, command, stdin, encoding).await;
+        let transport = fanout::Transport::Grpc;
+        return fanout::run(&cli.fleet, transport, &options, command, stdin, encoding).await;
     }
     let mut client = match Client::connect(&cli.connect.addr, &options).await {
         Ok(client) => client,

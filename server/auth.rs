@@ -233,19 +233,42 @@ impl Authenticator {
         if let Some(tokens) = &self.tokens {
             let refused = |status| (status, cert_name.clone());
             let token = bearer_token(request, self.local).map_err(refused)?;
-            return tokens
-                .current()
-                .verify(token.as_bytes())
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    refused(Status::unauthenticated(if self.local {
-                        "invalid token: not the local token of the user who started this rexecd"
-                    } else {
-                        "invalid token"
-                    }))
-                });
+            return self.verify(tokens, token).map_err(refused);
         }
         Ok(cert_name.unwrap_or_else(|| "anonymous".into()))
+    }
+
+    fn verify(&self, tokens: &SharedTokens, token: &str) -> Result<String, Status> {
+        tokens
+            .current()
+            .verify(token.as_bytes())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Status::unauthenticated(if self.local {
+                    "invalid token: not the local token of the user who started this rexecd"
+                } else {
+                    "invalid token"
+                })
+            })
+    }
+
+    /// The principal of a request that carries its token in the message
+    /// (NATS): the same tokens as gRPC. A rexecd that requires client
+    /// certificates refuses, since no certificate comes with a NATS message.
+    pub fn principal_of_token(&self, token: &str) -> Result<String, Status> {
+        if self.client_certs {
+            return Err(Status::unauthenticated(
+                "this rexecd requires a client certificate (mTLS), which a NATS message \
+                 cannot carry: run it with --tokens-file and without --tls-client-ca to serve NATS",
+            ));
+        }
+        match &self.tokens {
+            Some(_) if token.is_empty() => Err(Status::unauthenticated(
+                "missing credentials: set the request's token (rexec --token-file or REXEC_TOKEN)",
+            )),
+            Some(tokens) => self.verify(tokens, token),
+            None => Ok("anonymous".into()),
+        }
     }
 }
 

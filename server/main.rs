@@ -15,6 +15,7 @@ mod local_token;
 mod man_pages;
 mod memory;
 mod metrics;
+mod nats;
 mod rate_limited;
 mod reload;
 mod run_as;
@@ -236,6 +237,9 @@ struct Args {
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
 
+    #[command(flatten)]
+    nats: nats::NatsArgs,
+
     /// Read flags from this TOML file; keys are the long flag names
     /// (kill-grace = "5s", insecure-no-auth = true). Command-line flags win.
     #[arg(long, value_name = "FILE")]
@@ -341,6 +345,7 @@ fn raise_open_files_limit() {
 }
 
 async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error::Error>> {
+    let started = std::time::Instant::now();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -451,6 +456,12 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         ),
         &connections,
     );
+    let nats_serving = nats::Serving {
+        runner: runner.clone(),
+        shutdown: shutdown.clone(),
+        audit: audit.clone(),
+        auth: authenticator.clone(),
+    };
     let exec_service = Tracked::new(
         InterceptedService::new(
             limits::RequestSizeStatus::new(
@@ -507,6 +518,13 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
         }
     };
 
+    let agent = match args.nats.nats.clone() {
+        Some(servers) => {
+            Some(nats::Agent::start(servers.0, &args.nats, started, nats_serving).await?)
+        }
+        None => None,
+    };
+
     let mut ready = format!("listening grpc={grpc_addr}");
     if let Some(listener) = &legacy {
         write!(ready, " legacy={}", listener.local_addr()?)?;
@@ -516,6 +534,9 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
     }
     if let Some(endpoint) = &metrics_endpoint {
         write!(ready, " metrics={}", endpoint.local_addr()?)?;
+    }
+    if let Some(agent) = &agent {
+        write!(ready, " nats={}", agent.name)?;
     }
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{ready}")?;
@@ -589,6 +610,9 @@ async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error:
     .is_err()
     {
         tracing::error!("some execs did not finish after being killed");
+    }
+    if let Some(agent) = agent {
+        agent.stop().await;
     }
     tracing::info!("rexecd stopped");
     Ok(())

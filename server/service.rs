@@ -368,7 +368,7 @@ pub fn status_from(error: RunError) -> Status {
 /// One runner event as a response. An exec ended by the caller's deadline
 /// ends the call with DEADLINE_EXCEEDED instead of its `exit` (the audit line
 /// keeps how it ended).
-fn response_from(event: Event) -> Result<ExecResponse, Status> {
+pub fn response_from(event: Event) -> Result<ExecResponse, Status> {
     let event = match event {
         Event::Stdout(bytes) => exec_response::Event::Stdout(bytes),
         Event::Stderr(bytes) => exec_response::Event::Stderr(bytes),

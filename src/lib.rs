@@ -9,6 +9,7 @@ pub mod ending;
 pub mod files;
 pub mod legacy;
 pub mod local_token;
+pub mod nats;
 pub mod signals;
 mod tls_probe;
 pub mod tls_words;
@@ -25,8 +26,8 @@ pub mod proto {
 }
 
 pub use proto::{
-    ExecRequest, ExecResponse, Exit, SessionRequest, Started, TtySize, exec_response, exit,
-    remote_exec_client::RemoteExecClient, session_request,
+    AgentInfo, ExecRequest, ExecResponse, Exit, SessionRequest, Started, TtySize, exec_response,
+    exit, remote_exec_client::RemoteExecClient, session_request,
 };
 
 /// Exit code of the `rexec` CLI when rexec itself failed (connect, auth,

@@ -106,6 +106,11 @@ impl Command {
         (!self.request.command.is_empty()).then_some(self.request.command.as_str())
     }
 
+    /// The request this command sends (other transports wrap it: NATS).
+    pub fn to_request(&self) -> proto::ExecRequest {
+        self.request.clone()
+    }
+
     /// Same options, another shell command line.
     pub fn with_shell(&self, text: impl Into<String>) -> Self {
         let mut request = self.request.clone();

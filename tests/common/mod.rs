@@ -26,6 +26,8 @@ pub struct Daemon {
     pub compat: Vec<(String, String)>,
     /// `--metrics-listen`'s address.
     pub metrics_addr: Option<String>,
+    /// The NATS agent name when started with `--nats`.
+    pub nats_name: Option<String>,
     /// rexecd's stderr (logs and audit lines).
     pub log: PathBuf,
 }
@@ -74,11 +76,13 @@ impl Daemon {
         let mut legacy_addr = None;
         let mut compat = Vec::new();
         let mut metrics_addr = None;
+        let mut nats_name = None;
         for part in rest.split(' ') {
             match part.split_once('=') {
                 Some(("grpc", a)) => addr = Some(a.to_string()),
                 Some(("legacy", a)) => legacy_addr = Some(a.to_string()),
                 Some(("metrics", a)) => metrics_addr = Some(a.to_string()),
+                Some(("nats", name)) => nats_name = Some(name.to_string()),
                 Some((name, a)) if name.starts_with("legacy-") => {
                     compat.push((name["legacy-".len()..].to_string(), a.to_string()));
                 }
@@ -91,6 +95,7 @@ impl Daemon {
             legacy_addr,
             compat,
             metrics_addr,
+            nats_name,
             log,
         }
     }

@@ -1,0 +1,286 @@
+//! rexecd as a NATS agent, against a real nats-server on loopback: discovery
+//! by name and labels, missing agents named, broker restarts survived, an
+//! unreachable broker leaving gRPC serving, and garbage on the subjects.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Daemon, REXEC, eventually, scratch_dir};
+
+/// A nats-server on 127.0.0.1:PORT; dropping it kills and reaps it.
+struct Broker {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        Broker::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Broker {
+        let log = scratch_dir("nats").join("nats-server.log");
+        let child = Command::new(nats_server())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create broker log"))
+            .spawn()
+            .expect("spawn nats-server");
+        let broker = Broker { child, port, log };
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
+            "nats-server did not listen on {port}; log:\n{}",
+            std::fs::read_to_string(&broker.log).unwrap_or_default()
+        );
+        broker
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The nats-server binary: $NATS_SERVER, then PATH, then Debian's /usr/sbin.
+/// Missing, the test fails (scripts/test-all installs it); it never skips.
+fn nats_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return path.into();
+    }
+    let in_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join("nats-server"))
+        .find(|path| path.is_file());
+    let path = in_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"));
+    assert!(
+        path.is_file(),
+        "nats-server not found (apt-get install nats-server, or set NATS_SERVER)"
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn agent(broker_url: &str, name: &str, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--nats", broker_url, "--nats-name", name];
+    args.extend_from_slice(extra);
+    let daemon = Daemon::start_with(&args);
+    assert_eq!(daemon.nats_name.as_deref(), Some(name), "readiness line");
+    daemon
+}
+
+fn discover(url: &str, nodeset: Option<&str>, timeout: &str) -> std::process::Output {
+    let mut command = Command::new(REXEC);
+    command.args(["--nats", url, "--connect-timeout", timeout, "--discover"]);
+    command.args(nodeset);
+    command.stdin(Stdio::null()).output().expect("run rexec")
+}
+
+fn names(output: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn twenty_agents_are_discovered_by_name_with_labels() {
+    let broker = Broker::start();
+    let agents: Vec<Daemon> = (1..=20)
+        .map(|n| {
+            let index = format!("index={n}");
+            agent(
+                &broker.url(),
+                &format!("web{n:02}"),
+                &["--nats-label", "role=web", "--nats-label", &index],
+            )
+        })
+        .collect();
+    let expected: Vec<String> = (1..=20).map(|n| format!("web{n:02}")).collect();
+
+    let by_set = discover(&broker.url(), Some("web[01-20]"), "10s");
+    assert_eq!(by_set.status.code(), Some(0), "{by_set:?}");
+    assert_eq!(names(&by_set), expected);
+    let text = String::from_utf8_lossy(&by_set.stdout);
+    for (n, line) in (1..=20).zip(text.lines()) {
+        assert!(line.contains(env!("CARGO_PKG_VERSION")), "{line}");
+        assert!(line.ends_with(&format!("index={n} role=web")), "{line}");
+    }
+
+    let everyone = discover(&broker.url(), None, "10s");
+    assert_eq!(everyone.status.code(), Some(0), "{everyone:?}");
+    assert_eq!(names(&everyone), expected);
+    drop(agents);
+}
+
+#[test]
+fn a_nodeset_with_a_missing_agent_names_it_and_exits_255() {
+    let broker = Broker::start();
+    let _agents = [
+        agent(&broker.url(), "db1", &[]),
+        agent(&broker.url(), "db2", &[]),
+    ];
+    let output = discover(&broker.url(), Some("db[1-3]"), "1s");
+    assert_eq!(output.status.code(), Some(255), "{output:?}");
+    assert_eq!(names(&output), ["db1", "db2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not responding") && stderr.contains("db3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn agents_answer_discovery_again_after_the_broker_restarts() {
+    let broker = Broker::start();
+    let url = broker.url();
+    let port = broker.port;
+    let agents = [
+        agent(&url, "r1", &[]),
+        agent(&url, "r2", &[]),
+        agent(&url, "r3", &[]),
+    ];
+    assert_eq!(discover(&url, Some("r[1-3]"), "5s").status.code(), Some(0));
+
+    drop(broker);
+    assert!(
+        eventually(Duration::from_secs(10), || agents
+            .iter()
+            .all(|a| a.log_text().contains("nats: disconnected"))),
+        "agents did not notice the broker going away"
+    );
+    let _broker = Broker::start_on(port);
+    let mut last = None;
+    let answered = eventually(Duration::from_secs(20), || {
+        let output = discover(&url, Some("r[1-3]"), "1s");
+        let ok = output.status.code() == Some(0);
+        last = Some(output);
+        ok
+    });
+    assert!(answered, "agents did not come back: {last:?}");
+    for agent in &agents {
+        let log = agent.log_text();
+        let after = log.rsplit("nats: disconnected").next().unwrap_or_default();
+        assert!(after.contains("nats: connected"), "{log}");
+    }
+}
+
+#[test]
+fn an_unreachable_broker_leaves_grpc_serving_and_says_so() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let daemon = agent(&url, "lonely", &[]);
+    assert!(
+        daemon.log_text().contains("broker unreachable"),
+        "{}",
+        daemon.log_text()
+    );
+
+    let output = daemon
+        .rexec()
+        .args(["--", "echo", "still here"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "still here\n");
+
+    // The broker that shows up later is found without a restart.
+    let broker = Broker::start_on(port);
+    let mut last = None;
+    let found = eventually(Duration::from_secs(20), || {
+        let output = discover(&broker.url(), Some("lonely"), "1s");
+        let ok = output.status.code() == Some(0);
+        last = Some(output);
+        ok
+    });
+    assert!(found, "agent never joined the broker: {last:?}");
+}
+
+#[test]
+fn garbage_on_the_discover_subject_does_not_crash_agents() {
+    let broker = Broker::start();
+    let mut daemon = agent(&broker.url(), "sturdy", &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(broker.url()).await.unwrap();
+        let garbage: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 + 13) as u8).collect();
+        for _ in 0..50 {
+            client
+                .publish("rexec.v1.discover", garbage.clone().into())
+                .await
+                .unwrap();
+            client
+                .publish_with_reply(
+                    "rexec.v1.discover",
+                    "nobody.listens",
+                    garbage.clone().into(),
+                )
+                .await
+                .unwrap();
+        }
+        client
+            .publish("rexec.v1.discover", "".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    });
+    assert!(
+        daemon.wait_exit(Duration::from_millis(300)).is_none(),
+        "agent died"
+    );
+    let output = discover(&broker.url(), Some("sturdy"), "5s");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(names(&output), ["sturdy"]);
+}
+
+#[test]
+fn bad_nats_flags_are_refused_clearly() {
+    for (args, expected) in [
+        (
+            vec!["--nats", "nats://127.0.0.1:1", "--nats-name", "a.b"],
+            "one NATS subject token",
+        ),
+        (
+            vec!["--nats", "nats://127.0.0.1:1", "--nats-label", "nokey"],
+            "expected KEY=VALUE",
+        ),
+        (vec!["--nats", ""], "expected a NATS address"),
+        (vec!["--nats-name", "x"], "--nats"),
+    ] {
+        let output = Command::new(common::REXECD)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
