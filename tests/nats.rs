@@ -4,89 +4,11 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, REXEC, eventually, scratch_dir};
-
-/// A nats-server on 127.0.0.1:PORT; dropping it kills and reaps it.
-struct Broker {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        Broker::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> Broker {
-        let log = scratch_dir("nats").join("nats-server.log");
-        let child = Command::new(nats_server())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("create broker log"))
-            .spawn()
-            .expect("spawn nats-server");
-        let broker = Broker { child, port, log };
-        assert!(
-            eventually(Duration::from_secs(10), || {
-                TcpStream::connect(("127.0.0.1", port)).is_ok()
-            }),
-            "nats-server did not listen on {port}; log:\n{}",
-            std::fs::read_to_string(&broker.log).unwrap_or_default()
-        );
-        broker
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The nats-server binary: $NATS_SERVER, then PATH, then Debian's /usr/sbin.
-/// Missing, the test fails (scripts/test-all installs it); it never skips.
-fn nats_server() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return path.into();
-    }
-    let in_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|dir| dir.join("nats-server"))
-        .find(|path| path.is_file());
-    let path = in_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"));
-    assert!(
-        path.is_file(),
-        "nats-server not found (apt-get install nats-server, or set NATS_SERVER)"
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-fn agent(broker_url: &str, name: &str, extra: &[&str]) -> Daemon {
-    let mut args = vec!["--nats", broker_url, "--nats-name", name];
-    args.extend_from_slice(extra);
-    let daemon = Daemon::start_with(&args);
-    assert_eq!(daemon.nats_name.as_deref(), Some(name), "readiness line");
-    daemon
-}
+use common::broker::{Broker, agent, free_port};
+use common::{Daemon, REXEC, eventually};
 
 fn discover(url: &str, nodeset: Option<&str>, timeout: &str) -> std::process::Output {
     let mut command = Command::new(REXEC);
@@ -160,9 +82,9 @@ fn agents_answer_discovery_again_after_the_broker_restarts() {
     let url = broker.url();
     let port = broker.port;
     let agents = [
-        agent(&url, "r1", &[]),
-        agent(&url, "r2", &[]),
-        agent(&url, "r3", &[]),
+        agent(&url, "r1", &["--insecure-no-auth"]),
+        agent(&url, "r2", &["--insecure-no-auth"]),
+        agent(&url, "r3", &["--insecure-no-auth"]),
     ];
     assert_eq!(discover(&url, Some("r[1-3]"), "5s").status.code(), Some(0));
 
@@ -182,6 +104,18 @@ fn agents_answer_discovery_again_after_the_broker_restarts() {
         ok
     });
     assert!(answered, "agents did not come back: {last:?}");
+    let exec = Command::new(REXEC)
+        .args(["--nats", &url, "-w", "r[1-3]", "--", "echo back"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(exec.status.code(), Some(0), "{exec:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout)
+            .matches("| back")
+            .count(),
+        3
+    );
     for agent in &agents {
         let log = agent.log_text();
         let after = log.rsplit("nats: disconnected").next().unwrap_or_default();

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod terminal;
 
 use std::io::{BufRead, BufReader};
