@@ -238,8 +238,7 @@ async fn run(cli: Cli) -> Ending {
     }
     if let Some(servers) = &cli.nats.nats {
         let timeout = cli.connect.connect_timeout;
-        let client = match nats::connect(&servers.0, cli.nats.nats_creds.as_deref(), timeout).await
-        {
+        let client = match nats::connect(&servers.0, &cli.nats.broker, timeout).await {
             Ok(client) => client,
             Err(ending) => return ending,
         };

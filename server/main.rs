@@ -271,10 +271,7 @@ fn main() -> std::process::ExitCode {
         // reported with eprintln!, which panics the task that logged (once,
         // the shutdown watcher, leaving rexecd deaf to SIGTERM).
         .log_internal_errors(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REXEC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        );
+        .with_env_filter(log_filter());
     match args.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -342,6 +339,22 @@ fn raise_open_files_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// `REXEC_LOG` (default info). async-nats's debug lines print the broker URL
+/// with its password, so that crate stays at info unless named explicitly.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let text = std::env::var("REXEC_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&text)
+        .ok()
+        .filter(|_| !text.is_empty())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    if !text.contains("async_nats")
+        && let Ok(directive) = "async_nats=info".parse()
+    {
+        filter = filter.add_directive(directive);
+    }
+    filter
 }
 
 async fn serve(args: Args, security: Security) -> Result<(), Box<dyn std::error::Error>> {

@@ -218,3 +218,106 @@ fn bad_nats_flags_are_refused_clearly() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with openssl.
+fn broker_certificates(dir: &std::path::Path) {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=nats-test-ca 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout key.pem -out req.pem -subj /CN=127.0.0.1 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' > ext
+openssl x509 -req -in req.pem -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+  -out cert.pem -days 2 -extfile ext 2>/dev/null
+"#;
+    let status = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl failed");
+}
+
+#[test]
+fn a_tls_broker_with_a_password_is_reached_with_its_ca_and_the_password_stays_out_of_logs() {
+    let dir = common::scratch_dir("nats-tls");
+    broker_certificates(&dir);
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let port = free_port();
+    let _broker = Broker::start_with(
+        port,
+        &[
+            "--tls",
+            "--tlscert",
+            &file("cert.pem"),
+            "--tlskey",
+            &file("key.pem"),
+            "--user",
+            "alice",
+            "--pass",
+            "br0ker-secret",
+        ],
+    );
+    let url = format!("tls://alice:br0ker-secret@127.0.0.1:{port}");
+    let daemon = agent(
+        &url,
+        "secure",
+        &["--insecure-no-auth", "--nats-ca", &file("ca.pem")],
+    );
+    assert!(
+        daemon.log_text().contains("agent ready"),
+        "{}",
+        daemon.log_text()
+    );
+    let run = |ca: Option<&str>, url: &str| {
+        let mut command = Command::new(REXEC);
+        command.args(["--nats", url, "--connect-timeout", "5s"]);
+        if let Some(ca) = ca {
+            command.args(["--nats-ca", ca]);
+        }
+        command
+            .args(["-w", "secure", "--", "echo over tls"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ok = run(Some(&file("ca.pem")), &url);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "secure | over tls\n");
+
+    // Without the CA the broker's certificate is not trusted; with a wrong
+    // password the broker refuses: both say so and exit 255.
+    let untrusted = run(None, &url);
+    assert_eq!(untrusted.status.code(), Some(255), "{untrusted:?}");
+    let wrong = run(
+        Some(&file("ca.pem")),
+        &format!("tls://alice:wrong@127.0.0.1:{port}"),
+    );
+    assert_eq!(wrong.status.code(), Some(255), "{wrong:?}");
+    for output in [&untrusted, &wrong] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+        assert!(
+            !stderr.contains("wrong") && !stderr.contains("br0ker-secret"),
+            "{stderr}"
+        );
+    }
+    let missing = Command::new(REXEC)
+        .args([
+            "--nats",
+            &url,
+            "--nats-ca",
+            "/nonexistent/ca.pem",
+            "--discover",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--nats-ca /nonexistent/ca.pem"));
+    assert!(
+        !daemon.log_text().contains("br0ker-secret"),
+        "{}",
+        daemon.log_text()
+    );
+}

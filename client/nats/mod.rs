@@ -31,26 +31,23 @@ pub struct NatsArgs {
     )]
     pub discover: Option<Option<String>>,
 
-    /// A NATS credentials file (JWT and NKey seed, as `nsc` writes it).
-    #[arg(long, value_name = "FILE", requires = "nats")]
-    pub nats_creds: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub broker: rexec::nats::BrokerArgs,
 }
 
 /// Connects once (no retries: a person is waiting), within `timeout`.
 pub async fn connect(
     servers: &[ServerAddr],
-    creds: Option<&std::path::Path>,
+    broker: &rexec::nats::BrokerArgs,
     timeout: Duration,
 ) -> Result<async_nats::Client, Ending> {
-    let mut options = async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .name("rexec")
         .connection_timeout(timeout);
-    if let Some(path) = creds {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|e| Ending::Usage(format!("--nats-creds {}: {e}", path.display())))?;
-    }
+    let options = broker
+        .apply(options, servers)
+        .await
+        .map_err(Ending::Usage)?;
     let names = rexec::nats::describe_servers(servers);
     options
         .connect(servers)

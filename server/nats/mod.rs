@@ -11,7 +11,6 @@ mod outbox;
 pub use exec::ExecContext;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_nats::{ConnectOptions, Event, ServerAddr};
@@ -38,9 +37,8 @@ pub struct NatsArgs {
     #[arg(long, value_name = "K=V", requires = "nats", value_parser = parse_label)]
     pub nats_label: Vec<(String, String)>,
 
-    /// A NATS credentials file (JWT and NKey seed, as `nsc` writes it).
-    #[arg(long, value_name = "FILE", requires = "nats")]
-    pub nats_creds: Option<PathBuf>,
+    #[command(flatten)]
+    pub broker: rexec::nats::BrokerArgs,
 }
 
 /// What the agent runs execs with: gRPC's runner, shutdown, audit and auth.
@@ -78,17 +76,12 @@ impl Agent {
             Some(name) => name.clone(),
             None => host_name()?,
         };
-        let mut options = ConnectOptions::new()
+        let options = ConnectOptions::new()
             .name(format!("rexecd {name}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
             .event_callback(|event| async move { log_event(event) });
-        if let Some(path) = &args.nats_creds {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(|e| format!("--nats-creds {}: {e}", path.display()))?;
-        }
+        let options = args.broker.apply(options, &servers).await?;
         let client = options
             .connect(servers.as_slice())
             .await

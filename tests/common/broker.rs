@@ -20,9 +20,15 @@ impl Broker {
     }
 
     pub fn start_on(port: u16) -> Broker {
+        Broker::start_with(port, &[])
+    }
+
+    /// With more nats-server flags (TLS, users).
+    pub fn start_with(port: u16, extra: &[&str]) -> Broker {
         let log = scratch_dir("nats").join("nats-server.log");
         let child = Command::new(nats_server())
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create broker log"))
