@@ -169,7 +169,11 @@ impl Exec {
                 ))
             })?;
             if event.seq == 0 {
+                // A keepalive comes after a second of nothing else, so a
+                // resend asked for before it has arrived by now, or was lost:
+                // ask again.
                 if event.sent >= self.expected {
+                    self.asked_for = None;
                     self.ask_again().await;
                 }
                 continue;

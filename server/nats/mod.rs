@@ -80,6 +80,7 @@ impl Agent {
             .name(format!("rexecd {name}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
             .event_callback(|event| async move { log_event(event) });
         let options = args.broker.apply(options, &servers).await?;
         let client = options
@@ -128,6 +129,33 @@ impl Agent {
             tracing::debug!(error = %e, "nats: drain");
         }
     }
+}
+
+/// async-nats's backoff (0, 2, 4, 8 ms ... up to 4 s) plus up to half of it
+/// again, drawn per process: a fleet that lost its broker does not come back
+/// in lockstep (1,000 agents reconnecting at the same instants).
+fn reconnect_delay(attempts: usize) -> Duration {
+    let base = match attempts {
+        0 | 1 => Duration::from_millis(50),
+        n => Duration::from_millis(1u64 << (n - 1).min(12)).min(Duration::from_secs(4)),
+    };
+    let seed = std::process::id() as u64 ^ (attempts as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    static START_NANOS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let nanos = START_NANOS.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64)
+    });
+    let spread = splitmix(seed ^ nanos) % 1000;
+    base + base.mul_f64(spread as f64 / 2000.0)
+}
+
+/// One step of SplitMix64: a well-mixed number from any seed.
+fn splitmix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn log_event(event: Event) {
@@ -184,6 +212,20 @@ mod tests {
         for bad in ["", "a.b", "a*", ">", "a b"] {
             assert!(parse_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn reconnect_delays_grow_to_six_seconds_at_most_and_spread() {
+        for attempts in 0..100 {
+            let delay = reconnect_delay(attempts);
+            assert!(delay >= Duration::from_millis(2), "{attempts}: {delay:?}");
+            assert!(delay <= Duration::from_secs(6), "{attempts}: {delay:?}");
+        }
+        assert!(reconnect_delay(20) >= Duration::from_secs(4));
+        let spread: std::collections::BTreeSet<u64> = (20..40)
+            .map(|a| reconnect_delay(a).as_millis() as u64)
+            .collect();
+        assert!(spread.len() > 5, "no jitter: {spread:?}");
     }
 
     #[test]
