@@ -26,7 +26,7 @@ use crate::service::{response_from, spec_from_request, status_from};
 use crate::shutdown::Shutdown;
 
 /// How often an agent with nothing to say tells the caller it is still there
-/// (and re-sends what is unacknowledged when no ack came in the meantime).
+/// (a keepalive saying how far the stream has gone; see `Outbox::tick`).
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 /// A caller silent this long is gone (crashed, or the broker is lost): the
 /// exec is killed, as when a gRPC client disconnects.
