@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::broker::{Broker, agent, free_port};
+use common::broker::{Broker, agent, free_port, runtime};
 use common::{Daemon, REXEC, eventually};
 
 fn discover(url: &str, nodeset: Option<&str>, timeout: &str) -> std::process::Output {
@@ -158,11 +158,7 @@ fn an_unreachable_broker_leaves_grpc_serving_and_says_so() {
 fn garbage_on_the_discover_subject_does_not_crash_agents() {
     let broker = Broker::start();
     let mut daemon = agent(&broker.url(), "sturdy", &[]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    runtime().block_on(async {
         let client = async_nats::connect(broker.url()).await.unwrap();
         let garbage: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 + 13) as u8).collect();
         for _ in 0..50 {

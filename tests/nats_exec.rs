@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::broker::{Broker, agent};
+use common::broker::{Broker, agent, runtime};
 use common::{
     Daemon, REXEC, eventually, output_within, processes_matching, random_file, rss_kib,
     scratch_dir, sha256_file, unique_marker, unique_sleep,
@@ -37,11 +37,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// Fails the test unless no process matching `needle` is left within `limit`.
+fn assert_gone(needle: &str, limit: Duration, why: &str) {
+    assert!(
+        eventually(limit, || processes_matching(needle).is_empty()),
+        "{why}"
+    );
 }
 
 #[test]
@@ -194,10 +195,10 @@ fn ctrl_c_cancels_the_command_on_every_agent() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let output = output_of(&mut child, Duration::from_secs(10));
     assert_eq!(output.status.code(), Some(130), "{output:?}");
-    assert!(
-        eventually(Duration::from_secs(5), || processes_matching(&needle)
-            .is_empty()),
-        "remote commands still run after Ctrl-C"
+    assert_gone(
+        &needle,
+        Duration::from_secs(5),
+        "remote commands still run after Ctrl-C",
     );
     assert!(text(&output.stderr).contains("interrupted"), "{output:?}");
     for agent in &agents {
@@ -390,10 +391,10 @@ fn a_caller_that_stops_reading_holds_the_command_and_memory_then_it_is_killed() 
             "yes is still held, not killed"
         );
         // Silent for 10 s (no ack, no keepalive): the agent kills it.
-        assert!(
-            eventually(Duration::from_secs(20), || processes_matching(&marker)
-                .is_empty()),
-            "the command outlived a silent caller"
+        assert_gone(
+            &marker,
+            Duration::from_secs(20),
+            "the command outlived a silent caller",
         );
     });
     assert!(
@@ -470,10 +471,7 @@ fn bad_messages_are_answered_with_an_error_and_run_nothing() {
             matches!(&event.event, Some(nats_exec_event::Event::Error(e)) if e.code == tonic::Code::InvalidArgument as i32),
             "{event:?}"
         );
-        assert!(
-            eventually(Duration::from_secs(5), || processes_matching(&needle).is_empty()),
-            "the sleep outlived its bad control message"
-        );
+        assert_gone(&needle, Duration::from_secs(5), "the sleep outlived its bad control message");
         client.flush().await.unwrap();
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -583,10 +581,10 @@ fn an_agent_that_loses_the_broker_mid_exec_kills_the_command() {
     // Neither side hears the other: rexec gives up, the agent kills the command.
     let output = output_of(&mut child, Duration::from_secs(30));
     assert_eq!(output.status.code(), Some(255), "{output:?}");
-    assert!(
-        eventually(Duration::from_secs(20), || processes_matching(&needle)
-            .is_empty()),
-        "the command outlived the broker"
+    assert_gone(
+        &needle,
+        Duration::from_secs(20),
+        "the command outlived the broker",
     );
     assert!(
         daemon.log_text().contains("caller silent"),

@@ -90,3 +90,11 @@ pub fn agent(broker_url: &str, name: &str, extra: &[&str]) -> Daemon {
     assert_eq!(daemon.nats_name.as_deref(), Some(name), "readiness line");
     daemon
 }
+
+/// A runtime for a test's own NATS client (raw requests, a stand-in agent).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
