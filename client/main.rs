@@ -8,6 +8,7 @@ mod cp;
 mod fanout;
 mod interrupt;
 mod legacy;
+mod local_tty;
 mod man_pages;
 mod nats;
 mod nodes;

@@ -9,6 +9,7 @@ use rexec::ending::Ending;
 use tokio::sync::mpsc;
 
 use crate::interrupt::{Interrupts, Press};
+use crate::local_tty::{self, RawMode};
 use crate::output::Output;
 
 /// Bytes read from local stdin at a time.
@@ -51,9 +52,8 @@ pub async fn run(
         // exit is still to be read below, so this cannot fail the call.
         let _ = input.close_stdin().await;
     }
-    #[cfg(unix)]
     if local_tty {
-        tokio::spawn(forward_resizes(input.clone()));
+        tokio::spawn(local_tty::forward_resizes(input.clone()));
     }
 
     interrupts.reset().await;
@@ -110,41 +110,4 @@ async fn forward_stdin(input: SessionInput) {
         }
     }
     let _ = input.close_stdin().await;
-}
-
-#[cfg(unix)]
-async fn forward_resizes(input: SessionInput) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut winch) = signal(SignalKind::window_change()) else {
-        return;
-    };
-    while winch.recv().await.is_some() {
-        if let Ok((cols, rows)) = crossterm::terminal::size()
-            && input.resize(rows, cols).await.is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// The local terminal in raw mode; restored on drop and on panic.
-struct RawMode;
-
-impl RawMode {
-    fn enable() -> Result<Self, Ending> {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let _ = crossterm::terminal::disable_raw_mode();
-            previous(info);
-        }));
-        crossterm::terminal::enable_raw_mode()
-            .map_err(|e| Ending::failed(format!("cannot put the terminal in raw mode: {e}")))?;
-        Ok(RawMode)
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = crossterm::terminal::disable_raw_mode();
-    }
 }

@@ -11,7 +11,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::terminal::Terminal;
-use common::{Daemon, local_token, output_within, random_file, scratch_dir, unique_marker};
+use common::{
+    Daemon, eventually, local_token, output_within, processes_matching, random_file, scratch_dir,
+    unique_marker, unique_sleep,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -377,6 +380,83 @@ async fn repl_history_is_kept_under_appdata() {
         .filter_map(|path| std::fs::read_to_string(path).ok())
         .any(|history| history.contains(&format!("echo {marker}")));
     assert!(kept, "no history with the line under {}", users.display());
+}
+
+/// Waits until the remote `sleep` that `needle` finds runs (or has gone).
+fn remote_sleep(needle: &str, running: bool) -> bool {
+    eventually(LIMIT, || processes_matching(needle).is_empty() != running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_a_console_is_int_and_a_second_cancels() {
+    let daemon = Daemon::start();
+    // Ctrl-C typed on wine's console is a CTRL_C_EVENT for rexec.exe, which
+    // it passes on as INT: the remote trap runs and the loop goes on.
+    let (sleep, needle) = unique_sleep(41);
+    let command = format!("trap 'echo got-int' INT; echo ready; while :; do {sleep}; done");
+    let mut terminal = console(&daemon, &["--", &command]);
+    terminal.expect("ready").await;
+    assert!(remote_sleep(&needle, true), "the remote sleep never ran");
+    terminal.type_text("\x03").await;
+    terminal.expect("got-int").await;
+    // A second press within two seconds of another gives up on the call: the
+    // server kills the group, rexec.exe says so and exits 130, as on Unix.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    terminal.type_text("\x03").await;
+    terminal.expect("cancelled").await;
+    assert_eq!(terminal.exit_code().await, Some(130));
+    assert!(
+        remote_sleep(&needle, false),
+        "the cancelled command still runs: {}",
+        daemon.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_in_the_repl_stops_the_command_and_the_repl_goes_on() {
+    let daemon = Daemon::start();
+    let (sleep, needle) = unique_sleep(42);
+    let mut terminal = console(&daemon, &[]);
+    terminal.expect("rexec>").await;
+    terminal.type_text(&format!("{sleep}\r")).await;
+    assert!(remote_sleep(&needle, true), "the remote sleep never ran");
+    terminal.type_text("\x03").await;
+    // Wine draws "[killed by signal INT]" with cursor moves between words.
+    let shown = plain(&terminal.expect("rexec>").await);
+    assert!(shown.contains("[killed by signal INT]"), "{shown:?}");
+    assert!(remote_sleep(&needle, false), "INT did not stop the sleep");
+    terminal.type_text("echo still-$((20+22))\r").await;
+    terminal.expect("still-42").await;
+    terminal.expect("rexec>").await;
+    terminal.type_text("quit\r").await;
+    assert_eq!(terminal.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dash_t_gives_a_remote_terminal_of_the_console_size() {
+    let daemon = Daemon::start();
+    let mut terminal = console(&daemon, &["-t", "--", "sh"]);
+    terminal
+        .type_text("tty; stty size; echo \"term=$TERM\"\r")
+        .await;
+    terminal.expect("/dev/pts/").await;
+    // console() makes a 24x100 terminal; wine's console has its size.
+    terminal.expect("24 100").await;
+    terminal.expect("term=xterm-test").await;
+    // In raw mode Ctrl-C is a byte for the remote terminal, not a signal for
+    // rexec.exe: the remote shell stops its sleep and reads the next line.
+    let (sleep, needle) = unique_sleep(43);
+    terminal.type_text(&format!("{sleep}\r")).await;
+    assert!(remote_sleep(&needle, true), "the remote sleep never ran");
+    terminal.type_text("\x03").await;
+    assert!(
+        remote_sleep(&needle, false),
+        "^C did not reach the remote pty"
+    );
+    terminal.type_text("echo after-$((6*7))\r").await;
+    terminal.expect("after-42").await;
+    terminal.type_text("exit 5\r").await;
+    assert_eq!(terminal.exit_code().await, Some(5));
 }
 
 /// What a screen shows: cursor-forward moves (`ESC[NC`) as N spaces, other
