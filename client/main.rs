@@ -3,7 +3,6 @@
 
 mod bench;
 mod connect;
-#[cfg(unix)]
 mod cp;
 mod fanout;
 mod interrupt;
@@ -154,10 +153,7 @@ enum Tool {
 fn cp_words(
     args: &[std::ffi::OsString],
 ) -> Option<(Vec<std::ffi::OsString>, Vec<std::ffi::OsString>)> {
-    #[cfg(unix)]
-    return cp::split(args, &mut Cli::command());
-    #[cfg(not(unix))]
-    return (args.get(1).is_some_and(|word| word == "cp")).then(Default::default);
+    cp::split(args, &mut Cli::command())
 }
 
 /// Writes a completion script to stdout; an error (a closed pipe) is a failure, not a panic.
@@ -184,14 +180,7 @@ fn main() -> ExitCode {
     }
     let args: Vec<_> = std::env::args_os().collect();
     if let Some((before, after)) = cp_words(&args) {
-        #[cfg(unix)]
         return cp::main(before, after);
-        #[cfg(not(unix))]
-        {
-            let _ = (before, after);
-            eprintln!("rexec: cp is not available in the Windows client yet");
-            return ExitCode::from(rexec::ending::USAGE);
-        }
     }
     let cli = Cli::parse();
     let ending = match cli.tool {

@@ -5,7 +5,6 @@
 pub mod address;
 pub mod client;
 pub mod ending;
-#[cfg(unix)]
 pub mod files;
 pub mod legacy;
 pub mod local_token;

@@ -5,121 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::terminal::Terminal;
+use common::wine::{LIMIT, rexec_at, rexec_exe, rexec_exe_command, run, text, wine};
 use common::{
-    Daemon, eventually, local_token, output_within, processes_matching, random_file, scratch_dir,
-    unique_marker, unique_sleep,
+    Daemon, eventually, local_token, processes_matching, random_file, scratch_dir, unique_marker,
+    unique_sleep,
 };
-
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// Where scripts/test-all puts the cross-built client.
-fn rexec_exe() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-pc-windows-gnu/release/rexec.exe")
-}
-
-/// One wine prefix for every test in this file (making one takes seconds).
-struct Wine {
-    program: PathBuf,
-    prefix: PathBuf,
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
-}
-
-fn wine() -> &'static Wine {
-    static WINE: OnceLock<Wine> = OnceLock::new();
-    WINE.get_or_init(|| {
-        let exe = rexec_exe();
-        assert!(
-            exe.is_file(),
-            "{} is missing: scripts/test-all cross-builds it \
-             (cargo build --release --target x86_64-pc-windows-gnu --bin rexec)",
-            exe.display()
-        );
-        // Debian's wine64 package: `wine64` on PATH in some versions, only
-        // /usr/lib/wine/wine64 (behind the `wine` script) in others.
-        let program = on_path("wine64")
-            .or_else(|| Some(PathBuf::from("/usr/lib/wine/wine64")).filter(|p| p.is_file()))
-            .or_else(|| on_path("wine"))
-            .expect("wine is missing: scripts/test-all installs it (Debian's wine64)");
-        let prefix = scratch_dir("wine").join("prefix");
-        let boot = Command::new(&program)
-            .args(["wineboot.exe", "--init"])
-            .env("WINEPREFIX", &prefix)
-            .env("WINEDEBUG", "-all")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run wineboot");
-        assert!(boot.status.success(), "wineboot failed: {boot:?}");
-        // Wine 8 has no bcryptprimitives.dll, and Rust's std (1.78 on) gets its
-        // random bytes from its ProcessPrng: without this stand-in (forwarding
-        // to RtlGenRandom, tests/windows/processprng.c) rexec.exe cannot start.
-        let system32 = prefix.join("drive_c/windows/system32");
-        assert!(system32.is_dir(), "wineboot made no {}", system32.display());
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/windows/processprng.c");
-        let built = Command::new("x86_64-w64-mingw32-gcc")
-            .args(["-shared", "-O2", "-s", "-o"])
-            .arg(system32.join("bcryptprimitives.dll"))
-            .arg(&source)
-            .arg("-ladvapi32")
-            .output()
-            .expect("x86_64-w64-mingw32-gcc is missing: scripts/test-all installs it");
-        assert!(
-            built.status.success(),
-            "building the ProcessPrng shim: {built:?}"
-        );
-        Wine { program, prefix }
-    })
-}
-
-/// `wine rexec.exe` with the local token handed over (a Windows client never
-/// sends it by itself) and stdin closed unless the test sets it.
-fn rexec_exe_command() -> Command {
-    let wine = wine();
-    let mut command = Command::new(&wine.program);
-    command
-        .arg(rexec_exe())
-        .env("WINEPREFIX", &wine.prefix)
-        .env("WINEDEBUG", "-all")
-        .env("REXEC_TOKEN", local_token())
-        .env("REXEC_HISTORY", scratch_dir("history").join("history"))
-        .stdin(Stdio::null());
-    command
-}
-
-fn rexec_at(addr: &str) -> Command {
-    let mut command = rexec_exe_command();
-    command.args(["--addr", addr]);
-    command
-}
-
-struct Run {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-fn run(command: &mut Command, stdin: &[u8]) -> Run {
-    let out = output_within(command, stdin, LIMIT);
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn exit_code_and_streams_arrive_apart() {

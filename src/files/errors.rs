@@ -13,6 +13,7 @@ pub fn io_status(error: &io::Error, doing: &str, path: &Path) -> Status {
 }
 
 fn code_of(error: &io::Error) -> Code {
+    #[cfg(unix)]
     match error.raw_os_error() {
         Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EMFILE | libc::ENFILE) => {
             return Code::ResourceExhausted;
@@ -24,6 +25,15 @@ fn code_of(error: &io::Error) -> Code {
         _ => {}
     }
     match error.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge => {
+            Code::ResourceExhausted
+        }
+        ErrorKind::NotADirectory
+        | ErrorKind::IsADirectory
+        | ErrorKind::DirectoryNotEmpty
+        | ErrorKind::CrossesDevices
+        | ErrorKind::Unsupported => Code::FailedPrecondition,
+        ErrorKind::ReadOnlyFilesystem => Code::PermissionDenied,
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::PermissionDenied => Code::PermissionDenied,
         ErrorKind::AlreadyExists => Code::AlreadyExists,

@@ -7,9 +7,11 @@
 //!
 //! - `paths`: remote paths, entry paths, temporary names.
 //! - `errors`: a failed file operation as a status.
+//! - `platform`: modes, times, symlinks and renames on Unix and Windows.
 
 mod errors;
 mod paths;
+mod platform;
 mod receive;
 mod send;
 

@@ -48,10 +48,32 @@ pub fn entry_components(path: &str) -> Result<Vec<&str>, Status> {
             "" => return Err(bad("empty component")),
             "." | ".." => return Err(bad("`.` and `..` are not allowed")),
             name if name.len() > NAME_MAX => return Err(bad("a name longer than 255 bytes")),
+            #[cfg(windows)]
+            name if let Some(why) = unsafe_on_windows(name) => return Err(bad(why)),
             _ => {}
         }
     }
     Ok(components)
+}
+
+/// Why Windows would not read `name` as one plain name in its directory:
+/// `\` and `/` separate paths there, `:` names a drive or a stream, and
+/// device names (`NUL`, `COM1.txt`) open a device wherever they are.
+#[cfg_attr(unix, allow(dead_code))]
+fn unsafe_on_windows(name: &str) -> Option<&'static str> {
+    if name.contains(['\\', ':']) {
+        return Some("a `\\` or `:`, which Windows reads as part of a path");
+    }
+    let stem = name.split('.').next().unwrap_or(name).trim_end_matches(' ');
+    let device = matches!(
+        stem.to_ascii_uppercase().as_str(),
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$"
+    ) || (stem.len() == 4
+        && stem.as_bytes()[3].is_ascii_digit()
+        && stem.get(..3).is_some_and(|port| {
+            port.eq_ignore_ascii_case("COM") || port.eq_ignore_ascii_case("LPT")
+        }));
+    device.then_some("a Windows device name")
 }
 
 /// A fresh temporary name in `dir`; never one that exists, since files are
@@ -96,6 +118,26 @@ mod tests {
         }
         assert!(entry_components(&"x".repeat(256)).is_err());
         assert!(entry_components(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn names_windows_would_read_as_paths_or_devices_are_found() {
+        for bad in [
+            "a\\b", "..\\x", "c:x", "f:stream", "NUL", "nul.txt", "COM1", "lpt9.log", "CON ",
+        ] {
+            assert!(unsafe_on_windows(bad).is_some(), "{bad:?} passed");
+        }
+        for good in [
+            "a.txt",
+            "NULL",
+            "COM",
+            "COM10",
+            "console",
+            ".nul",
+            "x:"[..1].as_ref(),
+        ] {
+            assert!(unsafe_on_windows(good).is_none(), "{good:?} refused");
+        }
     }
 
     #[test]

@@ -6,20 +6,17 @@
 //! digest matched; a receiver dropped before that removes what it made.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use nix::fcntl::{AT_FDCWD, RenameFlags};
-use nix::sys::stat::UtimensatFlags;
-use nix::sys::time::TimeSpec;
 use tonic::Status;
 
 use super::Piece;
 use super::errors::io_status;
 use super::paths::{entry_components, parent_of, resolve, temp_in};
+use super::platform;
 use crate::proto::{FileEnd, FileEntry, FileType};
 
 /// How a complete transfer went, for the answer and the audit line.
@@ -230,11 +227,7 @@ impl Receiver {
         self.check_replaceable(&target)?;
         let dir = target.parent().unwrap_or(Path::new("/"));
         let temp = temp_in(dir);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(entry.mode & 0o777)
-            .open(&temp)
+        let file = platform::create_file(&temp, entry.mode)
             .map_err(|e| io_status(&e, "create a file in", dir))?;
         self.current = Some(OpenFile {
             rel: entry.path,
@@ -300,12 +293,10 @@ impl Receiver {
             )));
         }
         if self.preserve {
-            open.file
-                .set_permissions(fs::Permissions::from_mode(open.mode))
+            platform::set_file_mode(&open.file, open.mode)
                 .map_err(|e| io_status(&e, "set the mode of", &open.target))?;
-            let mtime = timespec(open.mtime_ns);
-            nix::sys::stat::futimens(&open.file, &TimeSpec::UTIME_OMIT, &mtime)
-                .map_err(|e| io_status(&e.into(), "set the time of", &open.target))?;
+            platform::set_file_mtime(&open.file, open.mtime_ns)
+                .map_err(|e| io_status(&e, "set the time of", &open.target))?;
         }
         Ok(())
     }
@@ -334,9 +325,7 @@ impl Receiver {
                     target.clone()
                 };
                 // Owner rwx while it fills; its own mode once it is full.
-                fs::DirBuilder::new()
-                    .mode(0o700 | (mode & 0o777))
-                    .create(&made)
+                platform::create_dir(&made, 0o700 | mode)
                     .map_err(|e| io_status(&e, "create directory", &target))?;
                 if top {
                     self.staged.push(Pending {
@@ -349,7 +338,7 @@ impl Receiver {
                 let final_mode = if self.preserve {
                     Some(mode)
                 } else {
-                    (mode & 0o700 != 0o700).then_some(mode & 0o777 & !umask())
+                    (mode & 0o700 != 0o700).then_some(mode & 0o777 & !platform::umask())
                 };
                 if final_mode.is_some() || mtime.is_some() {
                     self.dir_finish.push((made.clone(), final_mode, mtime));
@@ -371,22 +360,15 @@ impl Receiver {
         }
         self.check_replaceable(&target)?;
         let temp = temp_in(target.parent().unwrap_or(Path::new("/")));
-        std::os::unix::fs::symlink(&entry.link_target, &temp)
+        platform::symlink(&entry.link_target, &temp)
             .map_err(|e| io_status(&e, "create symlink", &target))?;
         self.pending.push(Pending {
             temp: temp.clone(),
             target: target.clone(),
         });
         if self.preserve {
-            let mtime = timespec(entry.mtime_ns);
-            nix::sys::stat::utimensat(
-                AT_FDCWD,
-                &temp,
-                &TimeSpec::UTIME_OMIT,
-                &mtime,
-                UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(|e| io_status(&e.into(), "set the time of", &target))?;
+            platform::set_path_mtime(&temp, entry.mtime_ns)
+                .map_err(|e| io_status(&e, "set the time of", &target))?;
         }
         Ok(())
     }
@@ -394,14 +376,9 @@ impl Receiver {
     /// Everything arrived and checked: files and links into place, then
     /// directory modes and times (deepest first), then new top-level trees.
     fn commit(&mut self) -> Result<(), Status> {
-        let flags = if self.no_clobber {
-            RenameFlags::RENAME_NOREPLACE
-        } else {
-            RenameFlags::empty()
-        };
+        let no_replace = self.no_clobber;
         let rename = |from: &Path, to: &Path| {
-            nix::fcntl::renameat2(AT_FDCWD, from, AT_FDCWD, to, flags)
-                .map_err(|e| io_status(&e.into(), "put in place", to))
+            platform::rename(from, to, no_replace).map_err(|e| io_status(&e, "put in place", to))
         };
         while let Some(first) = self.pending.first() {
             rename(&first.temp, &first.target)?;
@@ -409,18 +386,12 @@ impl Receiver {
         }
         for (dir, mode, mtime) in self.dir_finish.iter().rev() {
             if let Some(mode) = mode {
-                fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
+                platform::set_dir_mode(dir, *mode)
                     .map_err(|e| io_status(&e, "set the mode of", dir))?;
             }
             if let Some(mtime) = mtime {
-                nix::sys::stat::utimensat(
-                    AT_FDCWD,
-                    dir,
-                    &TimeSpec::UTIME_OMIT,
-                    &timespec(*mtime),
-                    UtimensatFlags::NoFollowSymlink,
-                )
-                .map_err(|e| io_status(&e.into(), "set the time of", dir))?;
+                platform::set_path_mtime(dir, *mtime)
+                    .map_err(|e| io_status(&e, "set the time of", dir))?;
             }
         }
         while let Some(first) = self.staged.first() {
@@ -450,7 +421,7 @@ impl Drop for Receiver {
             let _ = fs::remove_dir(&dir);
         }
         for staged in self.staged.drain(..) {
-            let _ = remove_tree(&staged.temp);
+            let _ = platform::remove_tree(&staged.temp);
         }
     }
 }
@@ -480,44 +451,5 @@ fn placement(destination: PathBuf, wants_dir: bool) -> Result<Placement, Status>
             }
         }
         Err(e) => return Err(io_status(&e, "reach", &destination)),
-    })
-}
-
-/// Removes a staged tree. A directory left without owner write or search
-/// (a source mode of 0o555) is opened up first, so the tree always goes.
-fn remove_tree(dir: &Path) -> std::io::Result<()> {
-    if fs::remove_dir_all(dir).is_ok() {
-        return Ok(());
-    }
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(next) = stack.pop() {
-        if fs::symlink_metadata(&next).is_ok_and(|m| m.is_dir()) {
-            let _ = fs::set_permissions(&next, fs::Permissions::from_mode(0o700));
-            if let Ok(entries) = fs::read_dir(&next) {
-                stack.extend(entries.flatten().map(|e| e.path()));
-            }
-        }
-    }
-    fs::remove_dir_all(dir)
-}
-
-fn timespec(ns: i64) -> TimeSpec {
-    TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
-}
-
-/// The process umask (the kernel applies it to every create; read here for
-/// the final mode of a directory made owner-writable while it filled).
-fn umask() -> u32 {
-    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *UMASK.get_or_init(|| {
-        fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|line| line.strip_prefix("Umask:"))
-                    .and_then(|value| u32::from_str_radix(value.trim(), 8).ok())
-            })
-            .unwrap_or(0o022)
     })
 }

@@ -3,9 +3,8 @@
 //! entries, data chunks and digests handed to `emit` one at a time, so the
 //! receiver's pace sets the reading's.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
@@ -14,6 +13,7 @@ use tonic::Status;
 use super::Piece;
 use super::errors::io_status;
 use super::paths::resolve;
+use super::platform;
 use crate::proto::{FileEnd, FileEntry, FileType};
 
 /// Bytes read from a file per data message.
@@ -137,15 +137,16 @@ impl<E: FnMut(Piece) -> Result<(), Status>> Sender<'_, E> {
                 } else if kind.is_file() {
                     self.send_file(&child_rel, &path, &meta, true)?;
                 } else if kind.is_symlink() {
-                    let target = fs::read_link(&path).map_err(|e| io_status(&e, "read", &path))?;
-                    let Some(target) = target.to_str() else {
+                    let target =
+                        platform::link_target(&path).map_err(|e| io_status(&e, "read", &path))?;
+                    let Some(target) = target else {
                         return Err(Status::failed_precondition(format!(
                             "{}: the link target is not UTF-8",
                             path.display()
                         )));
                     };
                     let mut link = entry(&child_rel, FileType::Symlink, &meta);
-                    link.link_target = target.to_string();
+                    link.link_target = target;
                     self.send_entry(link)?;
                 } else {
                     self.sent.skipped += 1;
@@ -165,12 +166,8 @@ impl<E: FnMut(Piece) -> Result<(), Status>> Sender<'_, E> {
         in_tree: bool,
     ) -> Result<(), Status> {
         // A tree member that became a symlink since it was listed is not followed.
-        let flags = if in_tree { libc::O_NOFOLLOW } else { 0 };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .custom_flags(flags)
-            .open(path)
-            .map_err(|e| io_status(&e, "read", path))?;
+        let mut file =
+            platform::open_to_send(path, in_tree).map_err(|e| io_status(&e, "read", path))?;
         let size = meta.len();
         self.send_entry(entry(rel, FileType::File, meta))?;
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
@@ -210,8 +207,8 @@ fn entry(path: &str, kind: FileType, meta: &fs::Metadata) -> FileEntry {
     FileEntry {
         path: path.to_string(),
         r#type: kind.into(),
-        mode: meta.mode() & 0o7777,
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        mode: platform::mode_of(meta),
+        mtime_ns: platform::mtime_ns(meta),
         size: if kind == FileType::File {
             meta.len()
         } else {

@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod terminal;
+pub mod wine;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
