@@ -226,7 +226,9 @@ note "(f) 1 GiB file copy, $RUNS rounds of one run per system"
 # throttling (which falls on whoever writes when it starts) does not decide
 # the ratios: what is compared is the transport. Random bytes, so nothing is
 # flattered by compression. `ssh` is scp with its default cipher, on its own
-# connection; `local` is a pipe through cat, the floor of any copy.
+# connection; `local` is a pipe through cat, the floor of any copy. `rexec
+# cp` checks each file with XXH3-128, its default; the `--digest sha256` row
+# with SHA-256, what a client of the API gets unless it asks.
 FILES=$WORK
 if [[ $(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1) -gt $((4 * GIB)) ]]; then
   FILES=$(mktemp -d /dev/shm/rexec-compare.XXXXXX)
@@ -248,6 +250,10 @@ for _ in $(seq "$RUNS"); do
   copied "$FILES/up.bin"; copied "$FILES/down.bin"
   record copy-up "rexec cp" "$($MEASURE times 1 -- "$REXEC" --addr "$GRPC" cp "$FILES/copy.bin" ":$FILES/up.bin" | to_mbps)"
   record copy-down "rexec cp" "$($MEASURE times 1 -- "$REXEC" --addr "$GRPC" cp ":$FILES/up.bin" "$FILES/down.bin" | to_mbps)"
+  copied "$FILES/up.bin"; copied "$FILES/down.bin"
+  # The API's default digest, SHA-256, where cp's own is XXH3-128.
+  record copy-up "rexec cp --digest sha256" "$($MEASURE times 1 -- "$REXEC" --addr "$GRPC" cp --digest sha256 "$FILES/copy.bin" ":$FILES/up.bin" | to_mbps)"
+  record copy-down "rexec cp --digest sha256" "$($MEASURE times 1 -- "$REXEC" --addr "$GRPC" cp --digest sha256 ":$FILES/up.bin" "$FILES/down.bin" | to_mbps)"
   copied "$FILES/up.bin"; copied "$FILES/down.bin"
   record copy-up "rexec -- 'cat > f' < f" "$($MEASURE times 1 -- sh -c "exec \"\$0\" --addr $GRPC -- 'cat > $FILES/up.bin' < $FILES/copy.bin" "$REXEC" | to_mbps)"
   record copy-down "rexec -- cat f > f" "$($MEASURE times 1 -- sh -c "exec \"\$0\" --addr $GRPC -- cat $FILES/up.bin > $FILES/down.bin" "$REXEC" | to_mbps)"

@@ -37,6 +37,8 @@ pub struct Transfer<'a> {
     pub path: &'a str,
     pub entries: u64,
     pub bytes: u64,
+    /// The digest files were checked with; `None` before one was agreed.
+    pub digest: Option<rexec::files::Digest>,
     pub duration: std::time::Duration,
     /// The status it failed with; `None` when it succeeded.
     pub result: Option<&'a tonic::Status>,
@@ -165,6 +167,7 @@ impl Audit {
             "path": transfer.path,
             "entries": transfer.entries,
             "bytes": transfer.bytes,
+            "digest": transfer.digest.map(rexec::files::digest_name),
             "duration_ms": transfer.duration.as_millis() as u64,
             "result": transfer.result.map_or_else(|| "OK".to_string(), |s| status_name(s.code())),
             "error": transfer.result.map(|s| s.message()),

@@ -9,25 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::files::{
+    commit, daemon_in, data, end, entry, files_client, sha256, start, temporaries,
+};
 use common::{Daemon, eventually, output_within, random_file, scratch_dir, sha256_file};
 use rexec::proto::files_client::FilesClient;
-use rexec::proto::{
-    FileEnd, FileEntry, FileType, UploadCommit, UploadRequest, UploadStart, upload_request::Event,
-};
+use rexec::proto::{FileEntry, FileType, UploadRequest, upload_request::Event};
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// A rexecd whose working directory (where relative remote paths resolve)
-/// is a fresh scratch directory, returned with it.
-fn daemon_in(tag: &str, args: &[&str]) -> (Daemon, PathBuf) {
-    let dir = scratch_dir(tag);
-    let cwd = dir.clone();
-    let daemon = Daemon::start_configured(args, move |command| {
-        command.current_dir(cwd);
-    });
-    (daemon, dir)
-}
 
 /// `rexec --addr A cp ARGS...`, run from `cwd`.
 fn cp(daemon: &Daemon, cwd: &Path, args: &[&str]) -> Output {
@@ -57,24 +47,6 @@ fn assert_failed(out: &Output, words: &[&str]) {
     for word in words {
         assert!(stderr.contains(word), "{word:?} missing from {stderr:?}");
     }
-}
-
-/// Every `.rexec-*.part` temporary under `dir`, at any depth.
-fn temporaries(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with(".rexec-") {
-                found.push(path.clone());
-            }
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(path);
-            }
-        }
-    }
-    found
 }
 
 /// `diff -r --no-dereference A B` says the trees are the same.
@@ -478,75 +450,6 @@ fn each_transfer_is_one_audit_line() {
     }
 }
 
-/// The generated client, with the local token: what another program sees.
-async fn files_client(
-    daemon: &Daemon,
-) -> FilesClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, common::AddToken>,
-> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    FilesClient::with_interceptor(channel, add_token as common::AddToken)
-}
-
-fn add_token(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    let value = format!("Bearer {}", common::local_token());
-    request
-        .metadata_mut()
-        .insert("authorization", value.parse().unwrap());
-    Ok(request)
-}
-
-fn start(destination: &str) -> UploadRequest {
-    UploadRequest {
-        event: Some(Event::Start(UploadStart {
-            destination: destination.to_string(),
-            ..Default::default()
-        })),
-    }
-}
-
-fn entry(path: &str, kind: FileType, size: u64) -> UploadRequest {
-    UploadRequest {
-        event: Some(Event::Entry(FileEntry {
-            path: path.to_string(),
-            r#type: kind as i32,
-            mode: 0o644,
-            size,
-            ..Default::default()
-        })),
-    }
-}
-
-fn data(bytes: &[u8]) -> UploadRequest {
-    UploadRequest {
-        event: Some(Event::Data(bytes.to_vec().into())),
-    }
-}
-
-fn end(sha256: &[u8]) -> UploadRequest {
-    UploadRequest {
-        event: Some(Event::End(FileEnd {
-            sha256: sha256.to_vec().into(),
-        })),
-    }
-}
-
-fn commit() -> UploadRequest {
-    UploadRequest {
-        event: Some(Event::Commit(UploadCommit {})),
-    }
-}
-
-fn sha256(bytes: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .to_vec()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_digest_is_data_loss_and_nothing_is_kept() {
     let (daemon, remote) = daemon_in("files-digest", &[]);
@@ -712,6 +615,7 @@ async fn transfers_need_the_token() {
         .download(rexec::proto::DownloadRequest {
             path: "y".into(),
             recursive: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -728,6 +632,7 @@ async fn a_client_that_stops_reading_a_download_does_not_grow_rexecd() {
         .download(rexec::proto::DownloadRequest {
             path: "big.bin".into(),
             recursive: false,
+            ..Default::default()
         })
         .await
         .unwrap()

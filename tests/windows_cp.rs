@@ -7,18 +7,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::files::temporaries;
 use common::wine::{Run, rexec_at, rexec_exe_command, run};
 use common::{Daemon, random_file, scratch_dir, sha256_file};
 
-/// A rexecd whose working directory (where relative remote paths resolve)
-/// is a fresh scratch directory, returned with it.
 fn daemon_in(tag: &str) -> (Daemon, PathBuf) {
-    let dir = scratch_dir(tag);
-    let cwd = dir.clone();
-    let daemon = Daemon::start_configured(&[], move |command| {
-        command.current_dir(cwd);
-    });
-    (daemon, dir)
+    common::files::daemon_in(tag, &[])
 }
 
 /// `rexec.exe --addr A cp ARGS...`, run from `cwd`, as a Windows user would
@@ -57,23 +51,6 @@ fn assert_same_tree(a: &Path, b: &Path) {
         b.display(),
         String::from_utf8_lossy(&out.stdout)
     );
-}
-
-/// Every `.rexec-*.part` temporary under `dir`, at any depth.
-fn temporaries(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(".rexec-") {
-                found.push(entry.path());
-            }
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(entry.path());
-            }
-        }
-    }
-    found
 }
 
 #[test]

@@ -43,6 +43,11 @@ pub struct CpArgs {
     #[arg(short = 'n', long)]
     pub no_clobber: bool,
 
+    /// The digest each file is checked with: xxh3 (XXH3-128, about a
+    /// fourteenth of SHA-256's CPU) or sha256.
+    #[arg(long, value_enum, default_value_t = DigestArg::Xxh3, value_name = "DIGEST")]
+    pub digest: DigestArg,
+
     /// No progress bar, even on a terminal.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -50,6 +55,22 @@ pub struct CpArgs {
     /// SRC... DEST: local paths and one side of `:REMOTE` paths.
     #[arg(value_name = "PATH", num_args = 2.., required = true)]
     pub paths: Vec<String>,
+}
+
+/// `--digest`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DigestArg {
+    Xxh3,
+    Sha256,
+}
+
+impl From<DigestArg> for rexec::files::Digest {
+    fn from(arg: DigestArg) -> Self {
+        match arg {
+            DigestArg::Xxh3 => rexec::files::Digest::Xxh3128,
+            DigestArg::Sha256 => rexec::files::Digest::Sha256,
+        }
+    }
 }
 
 /// The hosts to copy to or from; several make a fleet copy.

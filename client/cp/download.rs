@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use rexec::client::{Client, ClientOptions};
 use rexec::ending::Ending;
-use rexec::files::{Piece, Receiver};
+use rexec::files::{Digest, Hasher, Piece, Receiver};
 use rexec::proto::{DownloadRequest, FileType};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -78,6 +78,7 @@ pub async fn run(plan: &Plan, options: &ClientOptions, sources: &[String], dest:
             recursive: plan.recursive,
             preserve: plan.preserve,
             no_clobber: plan.no_clobber,
+            digest: plan.digest,
             target,
             progress: progress.clone(),
         };
@@ -103,6 +104,7 @@ struct Job {
     recursive: bool,
     preserve: bool,
     no_clobber: bool,
+    digest: Digest,
     target: Target,
     progress: Progress,
 }
@@ -115,13 +117,14 @@ impl Job {
             let request = DownloadRequest {
                 path: source.clone(),
                 recursive: self.recursive,
+                digest: self.digest.into(),
             };
             let mut stream = client.download(request).await?;
             let (pieces, receiving) = mpsc::channel::<Option<Piece>>(QUEUE);
             let target = self.target.clone();
-            let (no_clobber, preserve) = (self.no_clobber, self.preserve);
+            let (no_clobber, preserve, digest) = (self.no_clobber, self.preserve, self.digest);
             let writer = tokio::task::spawn_blocking(move || {
-                write_pieces(target, no_clobber, preserve, receiving)
+                write_pieces(target, no_clobber, preserve, digest, receiving)
             });
             // The stream's end is `None`: only then does the writer put
             // files in place. An error drops `pieces` without it.
@@ -170,13 +173,14 @@ fn write_pieces(
     target: Target,
     no_clobber: bool,
     preserve: bool,
+    digest: Digest,
     mut pieces: mpsc::Receiver<Option<Piece>>,
 ) -> Result<(u64, u64, String), Status> {
     let (base, dest) = match target {
-        Target::Stdout => return write_stdout(pieces),
+        Target::Stdout => return write_stdout(digest, pieces),
         Target::Path { base, dest } => (base, dest),
     };
-    let mut receiver = Receiver::start(&base, &dest, no_clobber, preserve, false)?;
+    let mut receiver = Receiver::start(&base, &dest, no_clobber, preserve, false, digest)?;
     loop {
         match pieces.blocking_recv() {
             Some(Some(piece)) => receiver.piece(piece)?,
@@ -190,9 +194,12 @@ fn write_pieces(
 
 /// `cp :FILE -`: one regular file's bytes to stdout, its digest checked at
 /// the end (the bytes are out by then: a mismatch is an error, exit 1).
-fn write_stdout(mut pieces: mpsc::Receiver<Option<Piece>>) -> Result<(u64, u64, String), Status> {
+fn write_stdout(
+    digest: Digest,
+    mut pieces: mpsc::Receiver<Option<Piece>>,
+) -> Result<(u64, u64, String), Status> {
     let mut stdout = std::io::stdout().lock();
-    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut digest = Some(Hasher::new(digest));
     let (mut entries, mut bytes) = (0, 0);
     loop {
         match pieces.blocking_recv() {
@@ -206,19 +213,20 @@ fn write_stdout(mut pieces: mpsc::Receiver<Option<Piece>>) -> Result<(u64, u64, 
                 }
             }
             Some(Some(Piece::Data(data))) => {
-                digest.update(&data);
+                if let Some(digest) = &mut digest {
+                    digest.update(&data);
+                }
                 bytes += data.len() as u64;
                 stdout
                     .write_all(&data)
                     .map_err(|e| Status::internal(format!("cannot write stdout: {e}")))?;
             }
-            Some(Some(Piece::End(end))) => {
-                if digest.clone().finish().as_ref() != end.sha256.as_ref() {
-                    return Err(Status::data_loss(
-                        "the sha256 of the bytes received does not match the sender's",
-                    ));
+            Some(Some(Piece::End(end))) => match digest.take() {
+                Some(digest) => digest.check(&end, "stdout")?,
+                None => {
+                    return Err(Status::invalid_argument("a second end for one file"));
                 }
-            }
+            },
             Some(None) => break,
             None => return Err(Status::cancelled("the download was cut off")),
         }

@@ -30,6 +30,8 @@ pub struct Plan {
     pub recursive: bool,
     pub preserve: bool,
     pub no_clobber: bool,
+    /// The digest every file is checked with.
+    pub digest: rexec::files::Digest,
     pub progress: bool,
 }
 
@@ -90,6 +92,7 @@ async fn run(cli: args::CpArgs) -> Ending {
         recursive: cli.recursive,
         preserve: cli.preserve,
         no_clobber: cli.no_clobber,
+        digest: cli.digest.into(),
         progress: !cli.quiet,
     };
     let interrupted = tokio::signal::ctrl_c();

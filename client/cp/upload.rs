@@ -6,7 +6,7 @@
 
 use rexec::client::{Client, ClientOptions};
 use rexec::ending::Ending;
-use rexec::files::{self, Piece, Sent};
+use rexec::files::{self, Digest, Piece, Sent};
 use rexec::proto::{UploadCommit, UploadRequest, UploadStart, upload_request};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -58,6 +58,7 @@ pub async fn run(plan: &Plan, options: &ClientOptions, sources: &[String], dest:
         no_clobber: plan.no_clobber,
         preserve: plan.preserve,
         exact: matches!(locals.as_slice(), [Local::Stdin]),
+        digest: plan.digest.into(),
     };
     let mut calls = JoinSet::new();
     let mut senders = Vec::new();
@@ -80,10 +81,10 @@ pub async fn run(plan: &Plan, options: &ClientOptions, sources: &[String], dest:
         });
     }
     let reading = {
-        let progress = progress.clone();
+        let (progress, digest) = (progress.clone(), plan.digest);
         tokio::task::spawn_blocking(move || {
             let mut sent = Sent::default();
-            let result = send_all(locals, &mut senders, &mut sent, &progress);
+            let result = send_all(locals, digest, &mut senders, &mut sent, &progress);
             (result, senders)
         })
     };
@@ -125,6 +126,7 @@ pub async fn run(plan: &Plan, options: &ClientOptions, sources: &[String], dest:
 /// copy. Fails on a local error, or when no host is left.
 fn send_all(
     locals: Vec<Local>,
+    digest: Digest,
     senders: &mut [Option<mpsc::Sender<UploadRequest>>],
     sent: &mut Sent,
     progress: &Progress,
@@ -147,11 +149,12 @@ fn send_all(
     };
     for local in locals {
         let result = match local {
-            Local::Path(source) => files::send(*source, files::CHUNK, sent, &mut emit),
+            Local::Path(source) => files::send(*source, files::CHUNK, digest, sent, &mut emit),
             Local::Stdin => files::send_stream(
                 "stdin",
                 std::io::stdin().lock(),
                 files::CHUNK,
+                digest,
                 sent,
                 &mut emit,
             ),

@@ -117,6 +117,7 @@ impl Files for FilesService {
                 },
                 entries: summary.entries,
                 bytes: summary.bytes,
+                digest: summary.digest,
                 duration: started.elapsed(),
                 result: outcome.as_ref().err(),
             });
@@ -195,11 +196,15 @@ impl Files for FilesService {
         identity::spawn_as(self.run_as.clone(), "rexec-download", move |switched| {
             let source = switched
                 .map_err(|e| Status::internal(format!("cannot switch user: {e}")))
-                .and_then(|()| rexec::files::prepare(&base, &request.path, request.recursive));
-            let source = match source {
-                Ok(source) => {
+                .and_then(|()| rexec::files::digest_kind(request.digest))
+                .and_then(|digest| {
+                    rexec::files::prepare(&base, &request.path, request.recursive)
+                        .map(|source| (source, digest))
+                });
+            let (source, digest) = match source {
+                Ok(prepared) => {
                     let _ = ready.send(Ok(()));
-                    source
+                    prepared
                 }
                 Err(status) => {
                     audit.transfer(&Transfer {
@@ -208,6 +213,7 @@ impl Files for FilesService {
                         path: &request.path,
                         entries: 0,
                         bytes: 0,
+                        digest: rexec::files::digest_kind(request.digest).ok(),
                         duration: started.elapsed(),
                         result: Some(&status),
                     });
@@ -218,7 +224,8 @@ impl Files for FilesService {
             let path = source.path.display().to_string();
             let mut summary = rexec::files::Sent::default();
             // Waits for room in the queue: the client's pace sets the reading's.
-            let outcome = rexec::files::send(source, rexec::files::CHUNK, &mut summary, |piece| {
+            let chunk = rexec::files::CHUNK;
+            let outcome = rexec::files::send(source, chunk, digest, &mut summary, |piece| {
                 if stop.is_cancelled() {
                     return Err(Status::unavailable("server is shutting down"));
                 }
@@ -236,6 +243,7 @@ impl Files for FilesService {
                 path: &path,
                 entries: summary.entries,
                 bytes: summary.bytes,
+                digest: Some(digest),
                 duration: started.elapsed(),
                 result: outcome.as_ref().err(),
             });

@@ -47,6 +47,7 @@ pub fn run(
         start.no_clobber,
         start.preserve,
         start.exact,
+        rexec::files::digest_kind(start.digest)?,
     )?;
     let mut committed = false;
     loop {

@@ -7,8 +7,10 @@
 //!
 //! - `paths`: remote paths, entry paths, temporary names.
 //! - `errors`: a failed file operation as a status.
+//! - `digest`: the per-file digest, SHA-256 or XXH3-128.
 //! - `platform`: modes, times, symlinks and renames on Unix and Windows.
 
+mod digest;
 mod errors;
 mod paths;
 mod platform;
@@ -17,11 +19,13 @@ mod send;
 
 use bytes::Bytes;
 
+pub use digest::{Hasher, kind_of as digest_kind, name as digest_name};
 pub use errors::io_status;
 pub use paths::{TEMP_PREFIX, TEMP_SUFFIX};
 pub use receive::{Received, Receiver};
 pub use send::{CHUNK, Sent, Source, prepare, send, send_stream};
 
+pub use crate::proto::Digest;
 use crate::proto::{
     DownloadResponse, FileEnd, FileEntry, UploadRequest, download_response, upload_request,
 };

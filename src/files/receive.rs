@@ -14,10 +14,11 @@ use bytes::Bytes;
 use tonic::Status;
 
 use super::Piece;
+use super::digest::Hasher;
 use super::errors::io_status;
 use super::paths::{entry_components, parent_of, resolve, temp_in};
 use super::platform;
-use crate::proto::{FileEnd, FileEntry, FileType};
+use crate::proto::{Digest, FileEnd, FileEntry, FileType};
 
 /// How a complete transfer went, for the answer and the audit line.
 #[derive(Debug, Default, Clone)]
@@ -29,6 +30,8 @@ pub struct Received {
     pub path: String,
     pub entries: u64,
     pub bytes: u64,
+    /// The digest every file was checked with.
+    pub digest: Option<Digest>,
 }
 
 /// Where top-level entries go: inside an existing directory, or as the
@@ -47,7 +50,7 @@ struct OpenFile {
     /// `None` when the sender did not know it (a stream).
     size: Option<u64>,
     written: u64,
-    digest: ring::digest::Context,
+    digest: Hasher,
     mode: u32,
     mtime_ns: i64,
 }
@@ -63,6 +66,7 @@ pub struct Receiver {
     placement: Placement,
     no_clobber: bool,
     preserve: bool,
+    digest: Digest,
     top_level: usize,
     /// Directories of this upload by entry path, at their path now
     /// (inside a staged top-level directory until it is renamed).
@@ -83,13 +87,14 @@ impl Receiver {
     /// A receiver for `destination` (resolved from `base` when relative),
     /// which decides now where top-level entries go, as cp does: inside it
     /// when it is a directory or ends in `/`, else as it (always as it when
-    /// `exact`).
+    /// `exact`). Every file's end must carry `digest`.
     pub fn start(
         base: &Path,
         destination: &str,
         no_clobber: bool,
         preserve: bool,
         exact: bool,
+        digest: Digest,
     ) -> Result<Receiver, Status> {
         let resolved = resolve(base, destination)?;
         let wants_dir = destination.is_empty() || destination.ends_with('/');
@@ -102,6 +107,7 @@ impl Receiver {
             placement,
             no_clobber,
             preserve,
+            digest,
             top_level: 0,
             dirs: HashMap::new(),
             current: None,
@@ -114,6 +120,7 @@ impl Receiver {
                 path: shown,
                 entries: 0,
                 bytes: 0,
+                digest: Some(digest),
             },
             done: false,
         })
@@ -236,7 +243,7 @@ impl Receiver {
             target,
             size: (!entry.size_unknown).then_some(entry.size),
             written: 0,
-            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            digest: Hasher::new(self.digest),
             mode: entry.mode & 0o7777,
             mtime_ns: entry.mtime_ns,
         });
@@ -285,13 +292,9 @@ impl Receiver {
                 open.rel, open.written
             )));
         }
-        if open.digest.finish().as_ref() != end.sha256.as_ref() {
-            return Err(Status::data_loss(format!(
-                "{}: the sha256 of the bytes received does not match the sender's: \
-                 the file was not kept",
-                open.rel
-            )));
-        }
+        open.digest.check(&end, &open.rel).map_err(|status| {
+            Status::data_loss(format!("{}: the file was not kept", status.message()))
+        })?;
         if self.preserve {
             platform::set_file_mode(&open.file, open.mode)
                 .map_err(|e| io_status(&e, "set the mode of", &open.target))?;

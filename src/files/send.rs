@@ -11,10 +11,11 @@ use bytes::BytesMut;
 use tonic::Status;
 
 use super::Piece;
+use super::digest::Hasher;
 use super::errors::io_status;
 use super::paths::resolve;
 use super::platform;
-use crate::proto::{FileEnd, FileEntry, FileType};
+use crate::proto::{Digest, FileEntry, FileType};
 
 /// Bytes read from a file per data message.
 pub const CHUNK: usize = 512 * 1024;
@@ -87,21 +88,29 @@ pub fn prepare(base: &Path, path: &str, recursive: bool) -> Result<Source, Statu
     Ok(Source { path, name, meta })
 }
 
-/// Sends `source` whole through `emit`, in chunks of `chunk` bytes; `sent`
-/// counts as it goes, so a failed transfer still says how far it got.
+/// Sends `source` whole through `emit`, in chunks of `chunk` bytes, each
+/// file ended by its `digest`; `sent` counts as it goes, so a failed
+/// transfer still says how far it got.
 pub fn send(
     source: Source,
     chunk: usize,
+    digest: Digest,
     sent: &mut Sent,
     emit: impl FnMut(Piece) -> Result<(), Status>,
 ) -> Result<(), Status> {
-    let mut sender = Sender { emit, chunk, sent };
+    let mut sender = Sender {
+        emit,
+        chunk,
+        digest,
+        sent,
+    };
     sender.send_source(source)
 }
 
 struct Sender<'a, E> {
     emit: E,
     chunk: usize,
+    digest: Digest,
     sent: &'a mut Sent,
 }
 
@@ -170,12 +179,13 @@ impl<E: FnMut(Piece) -> Result<(), Status>> Sender<'_, E> {
             platform::open_to_send(path, in_tree).map_err(|e| io_status(&e, "read", path))?;
         let size = meta.len();
         self.send_entry(entry(rel, FileType::File, meta))?;
-        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut digest = Hasher::new(self.digest);
         let mut left = size;
         while left > 0 {
             let want = self.chunk.min(left as usize);
-            let mut chunk = BytesMut::zeroed(want);
-            let n = match file.read(&mut chunk) {
+            // Read into spare capacity: no zeroing of what the read overwrites.
+            let mut chunk = Vec::with_capacity(want);
+            let n = match (&mut file).take(want as u64).read_to_end(&mut chunk) {
                 Ok(0) => {
                     return Err(Status::data_loss(format!(
                         "{} shrank while it was being read",
@@ -183,18 +193,14 @@ impl<E: FnMut(Piece) -> Result<(), Status>> Sender<'_, E> {
                     )));
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io_status(&e, "read", path)),
             };
-            chunk.truncate(n);
             digest.update(&chunk);
             left -= n as u64;
             self.sent.bytes += n as u64;
-            (self.emit)(Piece::Data(chunk.freeze()))?;
+            (self.emit)(Piece::Data(chunk.into()))?;
         }
-        (self.emit)(Piece::End(FileEnd {
-            sha256: bytes::Bytes::copy_from_slice(digest.finish().as_ref()),
-        }))
+        (self.emit)(Piece::End(digest.end()))
     }
 
     fn send_entry(&mut self, entry: FileEntry) -> Result<(), Status> {
@@ -225,6 +231,7 @@ pub fn send_stream(
     name: &str,
     mut reader: impl Read,
     chunk: usize,
+    digest: Digest,
     sent: &mut Sent,
     mut emit: impl FnMut(Piece) -> Result<(), Status>,
 ) -> Result<(), Status> {
@@ -241,7 +248,7 @@ pub fn send_stream(
         link_target: String::new(),
         size_unknown: true,
     }))?;
-    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut digest = Hasher::new(digest);
     loop {
         let mut buffer = BytesMut::zeroed(chunk);
         let n = match reader.read(&mut buffer) {
@@ -255,7 +262,5 @@ pub fn send_stream(
         sent.bytes += n as u64;
         emit(Piece::Data(buffer.freeze()))?;
     }
-    emit(Piece::End(FileEnd {
-        sha256: bytes::Bytes::copy_from_slice(digest.finish().as_ref()),
-    }))
+    emit(Piece::End(digest.end()))
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod files;
 pub mod terminal;
 pub mod wine;
 
