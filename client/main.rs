@@ -149,13 +149,6 @@ enum Tool {
     },
 }
 
-/// The words around `cp` when it is the first word after rexec's flags.
-fn cp_words(
-    args: &[std::ffi::OsString],
-) -> Option<(Vec<std::ffi::OsString>, Vec<std::ffi::OsString>)> {
-    cp::split(args, &mut Cli::command())
-}
-
 /// Writes a completion script to stdout; an error (a closed pipe) is a failure, not a panic.
 fn print_completions(shell: clap_complete::Shell) -> Ending {
     let mut script = Vec::new();
@@ -179,7 +172,7 @@ fn main() -> ExitCode {
         return man_pages::main(Cli::command(), words);
     }
     let args: Vec<_> = std::env::args_os().collect();
-    if let Some((before, after)) = cp_words(&args) {
+    if let Some((before, after)) = cp::split(&args, &mut Cli::command()) {
         return cp::main(before, after);
     }
     let cli = Cli::parse();
@@ -187,11 +180,8 @@ fn main() -> ExitCode {
         Some(Tool::Completions { shell }) => print_completions(shell),
         Some(Tool::Bench(args)) => return bench::main(*args),
         Some(Tool::Nodes(args)) => nodes::main(&args),
-        // Taken before parsing, by `cp_words`.
-        Some(Tool::Cp { .. }) => Ending::usage(match cfg!(unix) {
-            true => "cp: unexpected arguments",
-            false => "cp is not available in the Windows client yet",
-        }),
+        // Taken before parsing, by `cp::split`.
+        Some(Tool::Cp { .. }) => Ending::usage("cp: unexpected arguments"),
         None => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -200,6 +190,12 @@ fn main() -> ExitCode {
             Err(e) => Ending::failed(format!("cannot start runtime: {e}")),
         },
     };
+    exit_with(ending)
+}
+
+/// Says why rexec ends, when there is something to say, and exits with the
+/// ending's code: the last step of every `rexec` run.
+pub fn exit_with(ending: Ending) -> ExitCode {
     if let Some(message) = ending.message() {
         eprintln!("rexec: {message}");
     }

@@ -52,10 +52,7 @@ pub fn main(before: Vec<OsString>, after: Vec<OsString>) -> ExitCode {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(e) => Ending::failed(format!("cannot start runtime: {e}")),
     };
-    if let Some(message) = ending.message() {
-        eprintln!("rexec: {message}");
-    }
-    ExitCode::from(ending.code())
+    crate::exit_with(ending)
 }
 
 async fn run(cli: args::CpArgs) -> Ending {
