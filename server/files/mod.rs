@@ -194,9 +194,10 @@ impl Files for FilesService {
         );
         let audit_caller = caller.clone();
         identity::spawn_as(self.run_as.clone(), "rexec-download", move |switched| {
+            let asked = rexec::files::digest_kind(request.digest);
             let source = switched
                 .map_err(|e| Status::internal(format!("cannot switch user: {e}")))
-                .and_then(|()| rexec::files::digest_kind(request.digest))
+                .and_then(|()| asked.clone())
                 .and_then(|digest| {
                     rexec::files::prepare(&base, &request.path, request.recursive)
                         .map(|source| (source, digest))
@@ -213,7 +214,7 @@ impl Files for FilesService {
                         path: &request.path,
                         entries: 0,
                         bytes: 0,
-                        digest: rexec::files::digest_kind(request.digest).ok(),
+                        digest: asked.ok(),
                         duration: started.elapsed(),
                         result: Some(&status),
                     });
